@@ -1,0 +1,3 @@
+from primerl_modal.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""One module per prm command; cli.py only wires them."""

@@ -1,0 +1,153 @@
+"""`prm run`: resolve a profile, plan the GPUs, and launch (or, with --dry-run, show)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from primerl_modal.core.profile import Setting, parse_set
+from primerl_modal.errors import NotReadyError, UsageError
+from primerl_modal.ui.console import JsonOption
+
+
+def parse_gpu(spec: str) -> list[Setting]:
+    """``--gpu H100:8`` (or just ``H100``) as gpu.type / gpu.count settings.
+
+    Raises UsageError when the count is not a whole number.
+    """
+    kind, _, count = spec.partition(":")
+    out = [Setting("gpu.type", kind.strip(), "--gpu")]
+    if count:
+        if not count.strip().isdigit():
+            raise UsageError(f"--gpu {spec!r}: count must be a whole number", "e.g. --gpu H100:8")
+        out.append(Setting("gpu.count", int(count), "--gpu"))
+    return out
+
+
+def cli_settings(
+    *, gpu: str | None, gpus: int | None, gpu_type: str | None, trainer_ratio: float | None,
+    tp: int | None, name: str | None, ref: str | None, local_code: str | None,
+    use_local_code: bool, timeout: str | None, retries: int | None,
+    trainer_config: str | None, orchestrator_config: str | None, inference_config: str | None,
+    sets: list[str],
+) -> list[Setting]:
+    """CLI flags as settings (above the profile files), then `--set` items (above flags)."""
+    out: list[Setting] = parse_gpu(gpu) if gpu else []
+    flags = [
+        ("gpu.type", gpu_type, "--gpu-type"), ("gpu.count", gpus, "--gpus"),
+        ("gpu.trainer_ratio", trainer_ratio, "--trainer-ratio"), ("gpu.tp", tp, "--tp"),
+        ("experiment.name", name, "--name"), ("prime_rl.ref", ref, "--ref"),
+        ("prime_rl.local_code", local_code or ("." if use_local_code else None), "--local-code"),
+        ("modal.timeout", timeout, "--timeout"), ("modal.retries", retries, "--retries"),
+        ("prime_rl.trainer_config", trainer_config, "--trainer-config"),
+        ("prime_rl.orchestrator_config", orchestrator_config, "--orchestrator-config"),
+        ("prime_rl.inference_config", inference_config, "--inference-config"),
+    ]
+    out += [Setting(k, v, src) for k, v, src in flags if v is not None]
+    if trainer_config or orchestrator_config or inference_config:
+        # The original script's three-file flags only exist in the 2025-10 layout.
+        out.append(Setting("prime_rl.dialect", "2025-10", "--trainer-config"))
+    return out + [parse_set(item) for item in sets]
+
+
+def run(
+    profile: Annotated[
+        str | None,
+        typer.Argument(help="Profile name or path (default: reverse-text).", show_default=False),
+    ] = None,
+    gpu: Annotated[
+        str | None, typer.Option("--gpu", help="GPU type and count, e.g. H100:8.")
+    ] = None,
+    gpus: Annotated[
+        int | None, typer.Option("--gpus", "--gpu-count", help="GPUs on the node (2..8).")
+    ] = None,
+    gpu_type: Annotated[
+        str | None, typer.Option("--gpu-type", help="GPU type, e.g. A100-80GB.")
+    ] = None,
+    trainer_ratio: Annotated[
+        float | None,
+        typer.Option("--trainer-ratio", "--trainer-gpu-ratio", help="Trainer share, in (0, 1)."),
+    ] = None,
+    tp: Annotated[int | None, typer.Option("--tp", help="Inference tensor parallel size.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", "--experiment-name", help="Experiment name (run-id prefix)."),
+    ] = None,
+    ref: Annotated[
+        str | None, typer.Option("--ref", help="prime-rl commit, tag or branch.")
+    ] = None,
+    local_code: Annotated[
+        str | None, typer.Option("--local-code", help="Overlay this local prime-rl checkout.")
+    ] = None,
+    use_local_code: Annotated[
+        bool, typer.Option("--use-local-code", help="Same as --local-code . (original flag).")
+    ] = False,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", help="Per-attempt limit, e.g. 6h (max 24h).")
+    ] = None,
+    retries: Annotated[
+        int | None, typer.Option("--retries", help="Retries after preemption or crash.")
+    ] = None,
+    trainer_config: Annotated[
+        str | None, typer.Option("--trainer-config", help="Trainer TOML (2025-10 dialect).")
+    ] = None,
+    orchestrator_config: Annotated[
+        str | None,
+        typer.Option("--orchestrator-config", help="Orchestrator TOML (2025-10 dialect)."),
+    ] = None,
+    inference_config: Annotated[
+        str | None, typer.Option("--inference-config", help="Inference TOML (2025-10 dialect).")
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="KEY=VALUE override (repeatable): prime-rl or prm keys."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; launch nothing.")
+    ] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="With --dry-run: show where each value came from.")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Plan a prime-rl run from a profile and launch it.
+
+    Examples:
+
+    \b
+      prm run --dry-run                       # the default reverse-text plan
+      prm run hendrycks-sanity --gpus 8 --trainer-ratio 0.25 --tp 2 --dry-run
+      prm run ./my-exp.toml --gpu H100:8 --set trainer.optim.lr=3e-6 --set max_steps=200
+      prm run my-exp --dry-run --explain      # where every value came from
+    """
+    from primerl_modal.planning import plan_profile
+
+    settings = cli_settings(
+        gpu=gpu, gpus=gpus, gpu_type=gpu_type, trainer_ratio=trainer_ratio, tp=tp, name=name,
+        ref=ref, local_code=local_code, use_local_code=use_local_code, timeout=timeout,
+        retries=retries, trainer_config=trainer_config,
+        orchestrator_config=orchestrator_config, inference_config=inference_config,
+        sets=sets or [],
+    )
+    if explain and not dry_run:
+        raise UsageError("--explain goes with --dry-run", "add --dry-run")
+    plan, resolved = plan_profile(profile, settings)
+    if dry_run:
+        from primerl_modal.ui import console
+
+        if json_out:
+            console.print_json(plan.to_json())
+            return
+        from primerl_modal.ui.plan_view import explain as explain_view
+        from primerl_modal.ui.plan_view import render
+
+        console.out().print(render(plan))
+        if explain:
+            console.out().print(explain_view(resolved))
+        return
+    raise NotReadyError(
+        f"planned {plan.run_id}, but launching lands with the Modal backend, "
+        "which this build of prm does not have yet",
+        "use --dry-run to see the plan",
+    )

@@ -1,0 +1,1 @@
+"""The pure planning core: data in, frozen dataclasses out. Never imports modal."""

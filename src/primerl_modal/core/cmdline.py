@@ -1,0 +1,141 @@
+"""prime-rl `rl` command lines, per dialect (PRIME_RL.md), as argv lists.
+
+Never a shell string: every value is its own argv element.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from primerl_modal.core.gpu_plan import GpuPlan
+from primerl_modal.errors import PlanError
+
+LAUNCHER = ("uv", "run", "rl")
+
+# prime-rl keys prm sets itself from the plan: overriding them would desynchronise the
+# GPU request, the run directory or the W&B name from what prm records.
+_MANAGED = {
+    "current": {
+        "deployment.num_train_gpus": "gpu.trainer",
+        "deployment.num_infer_gpus": "gpu.inference",
+        "inference.vllm.tensor_parallel_size": "gpu.tp",
+        "inference.vllm.data_parallel_size": "gpu.tp (dp follows)",
+        "output_dir": "[modal] outputs_volume",
+        "run.name": "experiment.name (the run id)",
+        "monitors.wandb.name": "experiment.name (the run id)",
+        "monitors.wandb.project": "wandb.project",
+        "ckpt.interval": "prime_rl.ckpt_interval",
+        "clean": "nothing (prm never wipes a run directory)",
+        "resume": "prm run --resume RUN",
+    },
+    "2025-10": {
+        "trainer_gpu_ids": "gpu.trainer",
+        "inference_gpu_ids": "gpu.inference",
+        "inference.parallel.dp": "gpu.tp (dp follows)",
+        "inference.parallel.tp": "gpu.tp",
+        "output_dir": "[modal] outputs_volume",
+        "wandb.name": "experiment.name (the run id)",
+        "wandb.project": "wandb.project",
+        "ckpt.interval": "prime_rl.ckpt_interval",
+        "clean": "nothing (prm never wipes a run directory)",
+        "resume": "prm run --resume RUN",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Wandb:
+    project: str
+    name: str
+    entity: str | None = None
+    group: str | None = None
+
+
+def flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Leaves of a nested table as (dotted key, value), in insertion order."""
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def flag(dotted: str) -> str:
+    """``trainer.optim.max_norm`` -> ``--trainer.optim.max-norm``."""
+    return "--" + ".".join(part.replace("_", "-") for part in dotted.split("."))
+
+
+def render_value(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return str(value)
+
+
+def override_args(overrides: Mapping[str, Any], dialect: str) -> list[str]:
+    """``[overrides]`` as prime-rl flags: booleans as --flag / --no-flag, lists as JSON.
+
+    Raises PlanError for a key that prm manages itself, naming the prm key to use.
+    """
+    args: list[str] = []
+    managed = _MANAGED[dialect]
+    for dotted, value in flatten(overrides):
+        for key, use in managed.items():
+            if dotted == key or dotted.startswith(key + "."):
+                raise PlanError(
+                    f"override {dotted!r} is set by prm for every run", f"use {use} instead"
+                )
+        if isinstance(value, bool):
+            args.append(flag(dotted) if value else "--no-" + flag(dotted)[2:])
+        else:
+            args += [flag(dotted), render_value(value)]
+    return args
+
+
+def current_argv(
+    config: str, gpus: GpuPlan, output_dir: str, run_id: str, wandb: Wandb,
+    ckpt_interval: int | None, overrides: Mapping[str, Any],
+) -> list[str]:
+    """`rl` argv for dialect ``current``: one rl.toml, [deployment], inference.vllm.*."""
+    argv = [*LAUNCHER, "@", config]
+    argv += ["--deployment.num-train-gpus", str(gpus.trainer)]
+    argv += ["--deployment.num-infer-gpus", str(gpus.inference)]
+    argv += ["--inference.vllm.tensor-parallel-size", str(gpus.tp)]
+    argv += ["--inference.vllm.data-parallel-size", str(gpus.dp)]
+    argv += ["--output-dir", output_dir, "--run.name", run_id]
+    argv += _wandb_args("--monitors.wandb", wandb)
+    if ckpt_interval:
+        argv += ["--ckpt.interval", str(ckpt_interval)]
+    return argv + override_args(overrides, "current")
+
+
+def legacy_argv(
+    configs: tuple[str, str, str], gpus: GpuPlan, run_dir: str, wandb: Wandb,
+    ckpt_interval: int | None, overrides: Mapping[str, Any],
+) -> list[str]:
+    """`rl` argv for dialect ``2025-10``: three files, GPU id lists, inference.parallel.*."""
+    trainer, orchestrator, inference = configs
+    argv = [*LAUNCHER, "--trainer", "@", trainer, "--orchestrator", "@", orchestrator]
+    argv += ["--inference", "@", inference]
+    argv += ["--trainer-gpu-ids", ",".join(map(str, gpus.trainer_gpu_ids))]
+    argv += ["--inference-gpu-ids", ",".join(map(str, gpus.inference_gpu_ids))]
+    argv += ["--inference.parallel.dp", str(gpus.dp), "--inference.parallel.tp", str(gpus.tp)]
+    argv += ["--output-dir", run_dir]
+    argv += _wandb_args("--wandb", wandb)
+    if ckpt_interval:
+        argv += ["--ckpt.interval", str(ckpt_interval)]
+    return argv + override_args(overrides, "2025-10")
+
+
+def _wandb_args(prefix: str, wandb: Wandb) -> list[str]:
+    args = [f"{prefix}.project", wandb.project, f"{prefix}.name", wandb.name]
+    if wandb.entity:
+        args += [f"{prefix}.entity", wandb.entity]
+    if wandb.group:
+        args += [f"{prefix}.group", wandb.group]
+    return args

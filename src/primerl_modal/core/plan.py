@@ -1,0 +1,261 @@
+"""From a resolved profile to a Plan: the pure, complete description of one run."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from primerl_modal.core import cmdline
+from primerl_modal.core.cost import Cost, estimate
+from primerl_modal.core.durations import parse_duration
+from primerl_modal.core.gpu_plan import GpuPlan, plan_gpus
+from primerl_modal.core.gpus import Catalogue
+from primerl_modal.core.profile import ResolvedProfile, is_local_path
+from primerl_modal.core.run_id import make_run_id
+from primerl_modal.core.schema import DIALECTS
+from primerl_modal.errors import PlanError
+
+MAX_TIMEOUT_S = 24 * 3600
+MAX_RETRIES = 10
+META_DIR = "_prm"  # prm's own files per run, beside (never inside) prime-rl's run dirs
+MAX_INPUT_BYTES = 1 << 20
+_COMMIT = re.compile(r"[0-9a-f]{7,40}")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a backend puts things: the outputs root and the prime-rl checkout."""
+
+    outputs_root: str
+    workdir: str
+
+    def meta_dir(self, run_id: str) -> str:
+        return f"{self.outputs_root}/{META_DIR}/{run_id}"
+
+
+MODAL_LAYOUT = Layout(outputs_root="/outputs", workdir="/opt/prime-rl")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A local config file shipped with the run (written by the runner before launch)."""
+
+    role: str
+    source: str
+    path: str  # where the launcher reads it
+    sha256: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_id: str
+    profile: str
+    profile_path: str
+    dialect: str
+    experiment: str
+    tags: tuple[str, ...]
+    metric: str
+    gpu: GpuPlan
+    argv: tuple[str, ...]
+    workdir: str
+    outputs_root: str
+    env: Mapping[str, str]
+    secrets: tuple[str, ...]
+    volumes: Mapping[str, str]
+    timeout_s: int
+    retries: int
+    cost: Cost
+    repo: str
+    ref: str
+    base_image: str
+    local_code: str | None
+    configs: Mapping[str, str]  # role -> path the launcher reads
+    inputs: tuple[InputFile, ...]
+    wandb: cmdline.Wandb
+    region: str | None = None
+    cpu: float | None = None
+    memory_mb: int | None = None
+    ckpt_interval: int | None = None
+    warnings: tuple[str, ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> str:
+        """prime-rl's run directory (output_dir/run.name, or output_dir in 2025-10)."""
+        return f"{self.outputs_root}/{self.run_id}"
+
+    @property
+    def meta_dir(self) -> str:
+        return f"{self.outputs_root}/{META_DIR}/{self.run_id}"
+
+    def to_json(self) -> dict[str, Any]:
+        g = self.gpu
+        return {
+            "run_id": self.run_id,
+            "profile": self.profile,
+            "profile_path": self.profile_path,
+            "dialect": self.dialect,
+            "experiment": self.experiment,
+            "tags": list(self.tags),
+            "metric": self.metric,
+            "gpu": {
+                "type": g.type, "count": g.count, "trainer": g.trainer, "inference": g.inference,
+                "tp": g.tp, "dp": g.dp, "trainer_gpu_ids": list(g.trainer_gpu_ids),
+                "inference_gpu_ids": list(g.inference_gpu_ids), "memory_gb": g.memory_gb,
+                "usd_per_gpu_hour": g.usd_per_gpu_hour, "modal": g.modal_gpu,
+            },
+            "argv": list(self.argv),
+            "workdir": self.workdir,
+            "run_dir": self.run_dir,
+            "meta_dir": self.meta_dir,
+            "env": dict(self.env),
+            "secrets": list(self.secrets),
+            "volumes": dict(self.volumes),
+            "timeout_s": self.timeout_s,
+            "retries": self.retries,
+            "cost": {"per_hour_usd": self.cost.per_hour_usd, "max_usd": self.cost.max_usd},
+            "image": {"base": self.base_image, "repo": self.repo, "ref": self.ref,
+                      "local_code": self.local_code},
+            "configs": dict(self.configs),
+            "inputs": [
+                {"role": i.role, "source": i.source, "path": i.path, "sha256": i.sha256}
+                for i in self.inputs
+            ],
+            "wandb": {"project": self.wandb.project, "name": self.wandb.name,
+                      "entity": self.wandb.entity, "group": self.wandb.group},
+            "region": self.region,
+            "cpu": self.cpu,
+            "memory_mb": self.memory_mb,
+            "ckpt_interval": self.ckpt_interval,
+            "warnings": list(self.warnings),
+            "sources": dict(self.sources),
+        }
+
+
+def _input(role: str, local: str, meta_dir: str, read_text: Callable[[Path], str]) -> InputFile:
+    path = Path(local).expanduser()
+    try:
+        text = read_text(path)
+    except OSError as e:
+        raise PlanError(
+            f"{role} config {local} cannot be read ({e.strerror or e})",
+            "check the path; local config paths are relative to the profile that names them",
+        ) from None
+    if len(text.encode()) > MAX_INPUT_BYTES:
+        raise PlanError(f"{role} config {local} is larger than 1 MiB", "is it really a config?")
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return InputFile(role, str(path), f"{meta_dir}/inputs/{role}.toml", digest, text)
+
+
+def build_plan(
+    profile: ResolvedProfile,
+    catalogue: Catalogue,
+    *,
+    now: datetime,
+    token: str,
+    layout: Layout = MODAL_LAYOUT,
+    read_text: Callable[[Path], str] = lambda p: p.read_text(encoding="utf-8"),
+) -> Plan:
+    """The plan for one run of ``profile``; ``now`` and ``token`` make the run id.
+
+    Raises PlanError for anything that would not launch: GPU split, dialect, missing
+    configs, timeout, retries, names, overrides of keys prm manages.
+    """
+    g = profile.get
+    dialect = g("prime_rl.dialect")
+    if dialect not in DIALECTS:
+        raise PlanError(
+            f"unknown prime_rl.dialect {dialect!r}", f"use one of: {', '.join(DIALECTS)}"
+        )
+    run_id = make_run_id(g("experiment.name"), now, token)
+    timeout_s = parse_duration(g("modal.timeout"), what="modal.timeout")
+    if timeout_s > MAX_TIMEOUT_S:
+        raise PlanError(
+            f"timeout {g('modal.timeout')} is over Modal's 24h limit for one attempt",
+            "use --timeout 24h or less; retries resume from checkpoints, so a run can go longer",
+        )
+    retries = g("modal.retries")
+    if not 0 <= retries <= MAX_RETRIES:
+        raise PlanError(f"retries must be between 0 and {MAX_RETRIES}, got {retries}")
+    gpus = plan_gpus(
+        catalogue, g("gpu.type"), g("gpu.count"), g("gpu.trainer_ratio"), g("gpu.tp"),
+        trainer=g("gpu.trainer"), inference=g("gpu.inference"),
+        trainer_first=dialect == "2025-10",
+    )
+    meta_dir = layout.meta_dir(run_id)
+    roles = ("config",) if dialect == "current" else (
+        "trainer_config", "orchestrator_config", "inference_config")
+    configs: dict[str, str] = {}
+    inputs: list[InputFile] = []
+    for role in roles:
+        value = g(f"prime_rl.{role}")
+        if not value:
+            raise PlanError(
+                f"dialect {dialect} needs prime_rl.{role}",
+                f"set it in the profile or pass --set prime_rl.{role}=PATH",
+            )
+        if is_local_path(value):
+            item = _input(role.removesuffix("_config"), value, meta_dir, read_text)
+            inputs.append(item)
+            configs[role] = item.path
+        else:
+            configs[role] = value
+    wandb = cmdline.Wandb(g("wandb.project"), run_id, g("wandb.entity"), g("wandb.group"))
+    overrides = g("overrides") or {}
+    if dialect == "current":
+        argv = cmdline.current_argv(
+            configs["config"], gpus, layout.outputs_root, run_id, wandb,
+            g("prime_rl.ckpt_interval"), overrides,
+        )
+    else:
+        three = (configs["trainer_config"], configs["orchestrator_config"],
+                 configs["inference_config"])
+        argv = cmdline.legacy_argv(three, gpus, f"{layout.outputs_root}/{run_id}", wandb,
+                                   g("prime_rl.ckpt_interval"), overrides)
+    ref = g("prime_rl.ref")
+    warnings = []
+    if not _COMMIT.fullmatch(ref):
+        warnings.append(
+            f"prime_rl.ref {ref!r} is not a commit: the image follows whatever it points to "
+            "when built, so runs are not reproducible; pin a commit hash"
+        )
+    env = {k: str(v).lower() if isinstance(v, bool) else str(v)
+           for k, v in (g("env") or {}).items()}
+    return Plan(
+        run_id=run_id,
+        profile=profile.name,
+        profile_path=str(profile.path),
+        dialect=dialect,
+        experiment=g("experiment.name"),
+        tags=tuple(g("experiment.tags") or ()),
+        metric=g("experiment.metric"),
+        gpu=gpus,
+        argv=tuple(argv),
+        workdir=layout.workdir,
+        outputs_root=layout.outputs_root,
+        env=env,
+        secrets=tuple(dict.fromkeys(g("modal.secrets") or ())),
+        volumes={"/outputs": g("modal.outputs_volume"), "/cache": g("modal.cache_volume")},
+        timeout_s=timeout_s,
+        retries=retries,
+        cost=estimate(gpus, timeout_s, retries),
+        repo=g("prime_rl.repo"),
+        ref=ref,
+        base_image=g("modal.base_image"),
+        local_code=g("prime_rl.local_code"),
+        configs=configs,
+        inputs=tuple(inputs),
+        wandb=wandb,
+        region=g("modal.region"),
+        cpu=g("modal.cpu"),
+        memory_mb=g("modal.memory"),
+        ckpt_interval=g("prime_rl.ckpt_interval"),
+        warnings=tuple(warnings),
+        sources=dict(profile.sources),
+    )

@@ -1,0 +1,1 @@
+"""Terminal output: data to stdout, progress and hints to stderr (STYLE.md 8)."""

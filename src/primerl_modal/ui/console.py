@@ -1,0 +1,33 @@
+"""The two consoles and the shared `--json` option."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import cache
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
+]
+
+
+@cache
+def out() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+@cache
+def err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def warn(message: str) -> None:
+    err().print(f"[yellow]warning:[/] {message}", markup=True, highlight=False)

@@ -1,0 +1,96 @@
+"""Rich rendering of a Plan: the node's GPUs, the command line, image, volumes, cost."""
+
+from __future__ import annotations
+
+import shlex
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from primerl_modal.core.durations import format_duration
+from primerl_modal.core.plan import Plan
+from primerl_modal.core.profile import ResolvedProfile
+
+_TRAINER = "bold white on magenta"
+_INFERENCE = "bold black on cyan"
+
+
+def gpu_picture(plan: Plan) -> Text:
+    """One block per local GPU id, coloured by the role it serves."""
+    g = plan.gpu
+    roles = {i: "T" for i in g.trainer_gpu_ids} | {i: "I" for i in g.inference_gpu_ids}
+    text = Text()
+    for i in range(g.count):
+        style = _TRAINER if roles[i] == "T" else _INFERENCE
+        text.append(f" {i}:{roles[i]} ", style=style)
+        text.append(" ")
+    text.append("\n")
+    text.append(" T ", style=_TRAINER)
+    text.append(f" trainer {g.trainer} (FSDP)   ")
+    text.append(" I ", style=_INFERENCE)
+    text.append(f" inference {g.inference} = DP {g.dp} x TP {g.tp} (vLLM)")
+    return text
+
+
+def command_text(argv: tuple[str, ...]) -> Text:
+    """The argv, one flag and its value per line, quoted as a shell would need."""
+    lines: list[str] = []
+    for word in argv:
+        quoted = shlex.quote(word)
+        if word.startswith("--") or not lines:
+            lines.append(quoted)
+        else:
+            lines[-1] += " " + quoted
+    return Text(" \\\n    ".join(lines), style="green")
+
+
+def render(plan: Plan) -> RenderableType:
+    g = plan.gpu
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.add_row("run id", plan.run_id)
+    grid.add_row("profile", f"{plan.profile}  ({plan.profile_path})")
+    grid.add_row("dialect", plan.dialect)
+    grid.add_row("GPUs", f"{g.type} x {g.count}  ({g.memory_gb} GB each)  Modal gpu={g.modal_gpu}")
+    grid.add_row("", gpu_picture(plan))
+    grid.add_row("command", command_text(plan.argv))
+    grid.add_row("workdir", plan.workdir)
+    source = f"{plan.repo} @ {plan.ref}"
+    if plan.local_code:
+        source += f"\n+ local code overlay from {plan.local_code}"
+    grid.add_row("image", f"{plan.base_image}\n{source}")
+    for item in plan.inputs:
+        grid.add_row(f"upload {item.role}", f"{item.source} -> {item.path}")
+    grid.add_row("volumes", "\n".join(f"{m} <- {v}" for m, v in plan.volumes.items()))
+    grid.add_row("secrets", ", ".join(plan.secrets) or "none")
+    if plan.env:
+        grid.add_row("env", "\n".join(f"{k}={v}" for k, v in plan.env.items()))
+    grid.add_row("W&B", f"{plan.wandb.project} / {plan.wandb.name}")
+    grid.add_row(
+        "limits",
+        f"timeout {format_duration(plan.timeout_s)} per attempt, {plan.retries} retries "
+        "(each resumes from the latest checkpoint)",
+    )
+    grid.add_row(
+        "cost",
+        f"${plan.cost.per_hour_usd:,.2f}/h ({g.count} x ${g.usd_per_gpu_hour:.2f}); "
+        f"at most ${plan.cost.max_usd:,.2f} if every attempt hits its timeout",
+    )
+    parts: list[RenderableType] = [grid]
+    for w in plan.warnings:
+        parts.append(Text(f"warning: {w}", style="yellow"))
+    return Panel(Group(*parts), title="prm plan (dry run: nothing launched)", title_align="left")
+
+
+def explain(profile: ResolvedProfile) -> RenderableType:
+    """Every resolved value and where it came from: default, a file, a flag or --set."""
+    table = Table(title="resolved settings (later layers win)", title_justify="left")
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_column("source")
+    for key, source in sorted(profile.sources.items()):
+        table.add_row(key, repr(profile.get(key)), source)
+    return table

@@ -1,0 +1,156 @@
+"""`prm run --dry-run` through the CLI boundary: the issue's acceptance list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from primerl_modal.core.run_id import is_run_id
+
+
+def test_default_profile_is_reverse_text_on_two_gpus(prm):
+    r = prm("run", "--dry-run")
+    assert r.code == 0, r.err
+    assert "reverse-text-" in r.out and "A100-40GB:2" in r.out
+    assert "nothing launched" in r.out
+
+
+def test_json_plan_has_the_documented_keys(prm):
+    plan = prm("run", "--dry-run", "--json").json()
+    for key in ("run_id", "profile", "dialect", "gpu", "argv", "env", "secrets", "volumes",
+                "timeout_s", "retries", "cost"):
+        assert key in plan
+    assert set(plan["gpu"]) >= {"type", "count", "trainer", "inference", "tp", "dp",
+                                "trainer_gpu_ids", "inference_gpu_ids"}
+    assert plan["gpu"]["trainer"] == 1 and plan["gpu"]["inference"] == 1
+    assert plan["argv"][:3] == ["uv", "run", "rl"]
+    assert plan["secrets"] == ["wandb", "huggingface"]
+    assert plan["volumes"] == {"/outputs": "prime-rl-outputs", "/cache": "prime-rl-cache"}
+    assert set(plan["cost"]) == {"per_hour_usd", "max_usd"}
+    assert is_run_id(plan["run_id"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "trainer", "inference", "tp", "dp"),
+    [([], 2, 6, 1, 6), (["--tp", "2"], 2, 6, 2, 3), (["--trainer-ratio", "0.99"], 7, 1, 1, 1)],
+)
+def test_hendrycks_split(prm, extra, trainer, inference, tp, dp):
+    args = ["run", "hendrycks-sanity", "--dry-run", "--json", "--gpus", "8",
+            "--trainer-ratio", "0.25", *extra]
+    if "0.99" in extra:
+        args.remove("0.25")
+        args.remove("--trainer-ratio")
+    g = prm(*args).json()["gpu"]
+    assert (g["trainer"], g["inference"], g["tp"], g["dp"]) == (trainer, inference, tp, dp)
+
+
+def test_current_argv_carries_the_plan(prm):
+    plan = prm("run", "hendrycks-sanity", "--dry-run", "--json", "--gpus", "8",
+               "--trainer-ratio", "0.25", "--set", "trainer.optim.lr=1e-5",
+               "--set", "max_steps=50").json()
+    argv = plan["argv"]
+
+    def after(flag: str) -> str:
+        return argv[argv.index(flag) + 1]
+
+    assert after("--deployment.num-train-gpus") == "2"
+    assert after("--deployment.num-infer-gpus") == "6"
+    assert after("--inference.vllm.tensor-parallel-size") == "1"
+    assert after("--inference.vllm.data-parallel-size") == "6"
+    assert after("--output-dir") == "/outputs"
+    assert after("--run.name") == plan["run_id"]
+    assert after("--trainer.optim.lr") in ("1e-05", "1e-5")
+    assert after("--max-steps") == "50"
+
+
+def test_original_script_flags_are_accepted(prm):
+    plan = prm(
+        "run", "--dry-run", "--json",
+        "--trainer-config", "configs/hendrycks_math/1b/train.toml",
+        "--orchestrator-config", "configs/hendrycks_math/1b/orch.toml",
+        "--inference-config", "configs/hendrycks_math/1b/infer.toml",
+        "--gpu-count", "8", "--trainer-gpu-ratio", "0.25", "--gpu-type", "H100",
+        "--experiment-name", "math-1", "--use-local-code",
+    ).json()
+    assert plan["dialect"] == "2025-10"
+    argv = " ".join(plan["argv"])
+    assert "--trainer-gpu-ids 0,1 --inference-gpu-ids 2,3,4,5,6,7" in argv
+    assert "--inference.parallel.dp 6 --inference.parallel.tp 1" in argv
+    assert plan["run_id"].startswith("math-1-")
+    assert plan["gpu"]["type"] == "H100"
+    assert plan["image"]["local_code"] == str(Path.cwd().resolve())
+
+
+def test_explain_shows_where_values_came_from(prm):
+    r = prm("run", "--dry-run", "--explain", "--gpus", "4", "--set", "max_steps=9")
+    assert r.code == 0, r.err
+    assert "--gpus" in r.out and "--set" in r.out and "base.toml" in r.out
+
+
+def test_without_dry_run_it_says_launching_is_not_here_yet(prm):
+    r = prm("run")
+    assert r.code == 1
+    assert "launching lands with the Modal backend" in r.err
+    assert r.out == ""
+
+
+@pytest.fixture
+def profiles(tmp_path: Path) -> Path:
+    d = Path.cwd() / "configs"
+    d.mkdir()
+    (d / "bad.toml").write_text("[gpu]\ncount = 8\ntype = H100\n")
+    (d / "cyc-a.toml").write_text('extends = "cyc-b.toml"\n')
+    (d / "cyc-b.toml").write_text('extends = "cyc-a.toml"\n')
+    (d / "typo.toml").write_text("[moda]\ntimeout = '1h'\n")
+    (d / "weird.toml").write_text('[experiment]\nname = "!!!"\n')
+    return d
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["--gpu", "H1000:8"], 1, "unknown GPU type 'H1000'"),
+        (["--gpu", "H1000:8"], 1, "known types: T4, L4, A10, L40S, A100-40GB"),
+        (["--gpu", "H100:9"], 1, "do not fit on one node: at most 8"),
+        (["--gpus", "1"], 1, "at least 2 GPUs"),
+        (["--trainer-ratio", "1.5"], 1, "between 0 and 1"),
+        (["--trainer-ratio", "0"], 1, "between 0 and 1"),
+        (["hendrycks-sanity", "--trainer-ratio", "0.25", "--tp", "4"], 1,
+         "valid --tp values: 1, 2, 3, 6"),
+        (["--timeout", "25h"], 1, "over Modal's 24h limit"),
+        (["--timeout", "soon"], 1, "cannot read duration 'soon'"),
+        (["bad"], 1, "bad.toml:3:"),
+        (["nope"], 1, "profile 'nope' not found (tried"),
+        (["cyc-a"], 1, "extends cycle: cyc-a.toml -> cyc-b.toml -> cyc-a.toml"),
+        (["typo"], 1, "unknown section [moda] (did you mean 'modal'?)"),
+        (["--set", "trainer.optim.lr"], 1, "has no '='"),
+        (["--set", "gpu.cnt=3"], 1, "unknown prm key 'gpu.cnt'"),
+        (["weird"], 1, "no letters or digits to make a run id"),
+        (["--name", "x" * 50], 1, "has room for 44"),
+        (["--gpus", "eight"], 2, "Invalid value"),
+        (["--no-such-flag"], 2, "No such option"),
+    ],
+)
+def test_bad_input_is_one_line_no_traceback(prm, profiles, args, code, needle):
+    r = prm("run", "--dry-run", *args)
+    assert r.code == code
+    assert needle in r.err
+    assert "Traceback" not in r.err and r.out == ""
+    if code == 1:
+        assert len(r.err.strip().splitlines()) == 1
+
+
+def test_prices_toml_overrides_cost(prm, prm_home):
+    (prm_home / "prices.toml").write_text("A100-40GB = 1.0\n")
+    plan = prm("run", "--dry-run", "--json").json()
+    assert plan["cost"]["per_hour_usd"] == 2.0
+
+
+def test_profile_from_prm_home(prm, prm_home):
+    (prm_home / "profiles").mkdir()
+    (prm_home / "profiles" / "mine.toml").write_text(
+        '[prime_rl]\nconfig = "configs/x/rl.toml"\n[gpu]\ntype = "H200"\ncount = 4\n'
+    )
+    plan = prm("run", "mine", "--dry-run", "--json").json()
+    assert plan["gpu"]["type"] == "H200" and plan["profile"] == "mine"
