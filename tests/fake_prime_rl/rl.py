@@ -1,0 +1,1074 @@
+#!/usr/bin/env python3
+"""A fake prime-rl ``rl`` launcher for tests (stdlib only, no GPUs).
+
+Run it where a test would run ``uv run rl``::
+
+    python tests/fake_prime_rl/rl.py @ rl.toml --output-dir /x --run.name ID ...
+
+From the outside it behaves like prime-rl's launcher as described in
+``shared/PRIME_RL.md``: same argv for both dialects (``current`` and ``2025-10``, the
+latter detected by ``--trainer @ FILE``), same validation errors (exit 2, nothing
+written), same run directory layout (``configs/``, ``logs/``, ``metrics.jsonl``,
+``checkpoints/step_N/``, ``rollouts/step_N/``), same refusal to reuse a run directory
+holding artifacts unless ``--resume`` or ``--clean`` is given, same resume semantics.
+Each step takes ``FAKE_RL_STEP_SECONDS`` and appends to the component logs, to
+``metrics.jsonl`` and (every ``ckpt.interval`` steps) writes a checkpoint.
+
+It spawns one idle child process per component (inference, orchestrator, trainer) in
+the launcher's process group, so tests can check that a runner leaves no orphans; it prints
+``All components started`` once they are up. The caller must start it in a new process
+group (``start_new_session=True``); on SIGTERM/SIGINT the launcher stops its children
+itself, so signalling the launcher alone or the whole group both work.
+
+Details a caller may rely on: ``configs/`` (rewritten on every launch) is not an
+artifact, anything else in the run directory is; ``--dry-run`` validates and writes
+``configs/`` only, without checking for artifacts; ``--resume`` with ``--clean`` is a
+usage error; a resume appends to ``metrics.jsonl`` (steps after the checkpoint may repeat)
+and, in the ``current`` dialect, logs to a new ``logs/attempt_<n>`` (``logs/latest``
+points at it); configs are written as JSON in both dialects.
+
+Exit codes: 0 finished (or ``--dry-run``), 1 run failure / refused run directory /
+missing resume checkpoint, 2 invalid command line or config, 143 SIGTERM, 130 SIGINT.
+
+Environment controls (unset or empty means off):
+
+``FAKE_RL_STEP_SECONDS=float``
+    Duration of one training step (default 0.05).
+``FAKE_RL_FAIL_AT_STEP=k``
+    At step k the trainer writes a Python traceback ending in
+    ``RuntimeError: CUDA error: an illegal memory access was encountered`` to its log,
+    the launcher prints a line naming the failed component (stdout and stderr) and
+    exits 1. Steps are absolute (a resumed run counts on from its checkpoint).
+``FAKE_RL_HANG=1``
+    After startup (banner, logs, children) hang forever; SIGTERM/SIGINT still work.
+``FAKE_RL_HANG_AT_STEP=k``
+    Hang forever at the start of step k (after printing ``Starting step k``).
+``FAKE_RL_FAST_LINES=N``
+    Ignore everything else: write N lines ``line 000001 ...`` to stdout as fast as
+    possible and exit 0 (for output-throughput benchmarks).
+``FAKE_RL_IGNORE_SIGTERM=1``
+    The launcher and its children ignore SIGTERM (the launcher notes it on stderr);
+    only SIGINT or SIGKILL stop it.
+``FAKE_RL_RECORD=path``
+    Append one JSON object per invocation to ``path``:
+    ``{"argv": [...], "env": [sorted variable names, no values], "cwd": ..., "pid": ...}``.
+    Written first, even for invocations that then fail.
+``FAKE_RL_CHILDREN=0``
+    Do not spawn the per-component child processes.
+``FAKE_RL_ORPHAN_LINGER=seconds``
+    How long a child lives on after its launcher died without terminating it
+    (default 30), so orphans are observable but do not leak forever.
+"""
+
+import json
+import math
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+USAGE = (
+    "usage: rl [@ CONFIG.toml ...] [--trainer @ T.toml --orchestrator @ O.toml "
+    "--inference @ I.toml] [--section.key VALUE ...] [--resume [--resume.step N]] "
+    "[--clean] [--dry-run]"
+)
+COMPONENTS = ("inference", "orchestrator", "trainer")
+SECTIONS = ("trainer", "orchestrator", "inference")
+CONTROL_KEYS = ("resume", "clean", "dry_run")
+DEFAULT_MAX_STEPS = 10
+DEFAULT_STEP_SECONDS = 0.05
+DEFAULT_GPUS_PER_NODE = 8
+POLL_SECONDS = 0.02
+CHILD_GRACE_SECONDS = 0.25
+CUDA_ERROR = "RuntimeError: CUDA error: an illegal memory access was encountered"
+
+INT_RE = re.compile(r"[+-]?(0|[1-9](_?\d)*)")
+FLOAT_RE = re.compile(r"[+-]?(\d(_?\d)*)(\.\d(_?\d)*)?([eE][+-]?\d(_?\d)*)?")
+STEP_DIR_RE = re.compile(r"step_(\d+)")
+ATTEMPT_DIR_RE = re.compile(r"attempt_(\d+)")
+
+# Idle stand-in for a component process. It reports "ready" once its signal dispositions are
+# set, dies on SIGTERM/SIGINT like a real one and, if its launcher dies without reaping it,
+# lingers as an orphan for a while.
+CHILD_SOURCE = """\
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+if os.environ.get("FAKE_RL_CHILD_IGNORE_SIGTERM") == "1":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+os.write(1, b"ready\\n")
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+parent = os.getppid()
+linger = float(os.environ.get("FAKE_RL_ORPHAN_LINGER") or 30)
+orphaned_at = None
+while True:
+    time.sleep(0.1)
+    if orphaned_at is None:
+        if os.getppid() != parent:
+            orphaned_at = time.monotonic()
+    elif time.monotonic() - orphaned_at > linger:
+        sys.exit(0)
+"""
+
+
+class UsageError(Exception):
+    """Invalid command line or configuration: exit 2 before writing anything."""
+
+
+class LaunchError(Exception):
+    """The run cannot start (refused run directory, missing checkpoint): exit 1."""
+
+
+class Stopped(Exception):
+    """A SIGTERM/SIGINT arrived; unwinds the main loop."""
+
+
+class ComponentFailed(Exception):
+    """A component process died during startup: exit 1."""
+
+
+# --------------------------------------------------------------------------- argv
+
+
+@dataclass
+class ParsedArgs:
+    files: list[tuple[tuple[str, ...], Path]] = field(default_factory=list)
+    overrides: list[tuple[list[str], Any]] = field(default_factory=list)
+
+    @property
+    def dialect(self) -> str:
+        return "2025-10" if any(sec == ("trainer",) for sec, _ in self.files) else "current"
+
+
+def parse_value(token: str) -> Any:
+    """A TOML-ish literal: int, float, bool, JSON list/table, quoted or bare string."""
+    if token in ("true", "false"):
+        return token == "true"
+    if INT_RE.fullmatch(token):
+        return int(token.replace("_", ""))
+    if FLOAT_RE.fullmatch(token) and any(c in token for c in ".eE"):
+        return float(token.replace("_", ""))
+    if token[:1] in ("[", "{"):
+        try:
+            return json.loads(token)
+        except json.JSONDecodeError:
+            return token
+    if len(token) >= 2 and token[0] == token[-1] and token[0] in ("'", '"'):
+        return token[1:-1]
+    return token
+
+
+def key_path(flag: str) -> list[str]:
+    parts = flag.split(".")
+    if not all(parts):
+        raise UsageError(f"invalid option: --{flag}")
+    return [part.replace("-", "_") for part in parts]
+
+
+def parse_argv(argv: Sequence[str]) -> ParsedArgs:
+    parsed = ParsedArgs()
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "@" or (token.startswith("@") and len(token) > 1):
+            path, i = _file_operand(argv, i)
+            parsed.files.append(((), path))
+            continue
+        if not token.startswith("--") or token == "--":
+            raise UsageError(f"unrecognized arguments: {token}")
+        flag = token[2:]
+        inline: str | None = None
+        if "=" in flag:
+            flag, inline = flag.split("=", 1)
+        i += 1
+        if inline is None and i < len(argv) and argv[i].startswith("@"):
+            path, i = _file_operand(argv, i)
+            parsed.files.append((tuple(key_path(flag)), path))
+            continue
+        values: list[str] = [] if inline is None else [inline]
+        while inline is None and i < len(argv) and not _is_option(argv[i]):
+            values.append(argv[i])
+            i += 1
+        if not values:
+            if flag.startswith("no-"):
+                parsed.overrides.append((key_path(flag[3:]), False))
+            else:
+                parsed.overrides.append((key_path(flag), True))
+        elif len(values) == 1:
+            parsed.overrides.append((key_path(flag), parse_value(values[0])))
+        else:
+            parsed.overrides.append((key_path(flag), [parse_value(v) for v in values]))
+    return parsed
+
+
+def _is_option(token: str) -> bool:
+    return token.startswith("@") or (token.startswith("--") and len(token) > 2)
+
+
+def _file_operand(argv: Sequence[str], i: int) -> tuple[Path, int]:
+    """Parse ``@ FILE`` or ``@FILE`` at argv[i]; return the path and the next index."""
+    if argv[i] != "@":
+        return Path(argv[i][1:]), i + 1
+    if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+        raise UsageError("expected a config file after '@'")
+    return Path(argv[i + 1]), i + 2
+
+
+# --------------------------------------------------------------------------- config
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def set_nested(cfg: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    node = cfg
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            # e.g. `--resume` (true) followed by `--resume.step 5`
+            child = {}
+            node[key] = child
+        node = child
+    leaf = path[-1]
+    if value is True and isinstance(node.get(leaf), dict) and node[leaf]:
+        return  # `--resume.step 5 --resume`: keep the table, it already means "on"
+    node[leaf] = value
+
+
+def get_nested(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"config file is a directory: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"invalid TOML in {path}: {exc}") from None
+
+
+def build_config(parsed: ParsedArgs) -> dict[str, Any]:
+    cfg: dict[str, Any] = {}
+    for section, path in parsed.files:
+        loaded: dict[str, Any] = load_toml(path)
+        for key in reversed(section):
+            loaded = {key: loaded}
+        cfg = deep_merge(cfg, loaded)
+    for path_keys, value in parsed.overrides:
+        set_nested(cfg, path_keys, value)
+    return cfg
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass
+class Plan:
+    dialect: str
+    config: dict[str, Any]
+    run_dir: Path
+    run_name: str
+    max_steps: int
+    ckpt_interval: int | None
+    inference_gpus: list[int]
+    trainer_gpus: list[int]
+    tp: int
+    dp: int
+    gpus_per_node: int | None
+    lr: float
+    wandb_project: str | None
+    wandb_name: str | None
+    resume: bool
+    resume_step: int | None
+    clean: bool
+    dry_run: bool
+
+    @property
+    def attempt_logs(self) -> bool:
+        return self.dialect == "current"
+
+
+def _int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise UsageError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _gpu_ids(value: Any, name: str) -> list[int]:
+    items: list[Any]
+    if isinstance(value, str):
+        items = [part for part in re.split(r"[,\s]+", value.strip()) if part]
+        items = [parse_value(part) for part in items]
+    elif isinstance(value, list):
+        items = value
+    else:
+        items = [value]
+    ids = [_int(item, name, minimum=0) for item in items]
+    if not ids:
+        raise UsageError(f"{name} must not be empty")
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"{name} contains duplicates: {ids}")
+    return ids
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _output_dir(cfg: dict[str, Any]) -> Path:
+    value = cfg.setdefault("output_dir", "outputs")
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"output_dir must be a single path, got {value!r}")
+    return Path(value)
+
+
+def _auto_run_name(cfg: dict[str, Any]) -> str:
+    """``<envs>--<model>--<8hex>`` like prime-rl when ``run.name`` is unset."""
+    envs = get_nested(cfg, "orchestrator.env", [])
+    if isinstance(envs, dict):
+        envs = [envs]
+    env_ids = [str(e.get("id", "")) for e in envs if isinstance(e, dict) and e.get("id")]
+    model = get_nested(cfg, "model.name") or get_nested(cfg, "trainer.model.name")
+    parts = ["-".join(env_ids), str(model).rsplit("/", 1)[-1] if model else ""]
+    parts = [re.sub(r"[^A-Za-z0-9._-]+", "-", p).lower() for p in parts if p]
+    return "--".join([*(parts or ["run"]), secrets.token_hex(4)])
+
+
+def _common(cfg: dict[str, Any]) -> dict[str, Any]:
+    max_steps = cfg.get("max_steps")
+    if max_steps is None:
+        max_steps = get_nested(cfg, "orchestrator.max_steps")
+    if max_steps is None:
+        max_steps = get_nested(cfg, "trainer.max_steps", DEFAULT_MAX_STEPS)
+    interval = get_nested(cfg, "ckpt.interval")
+    if interval is None:
+        interval = get_nested(cfg, "trainer.ckpt.interval")
+    if interval is None:
+        interval = get_nested(cfg, "orchestrator.ckpt.interval")
+    resume = cfg.get("resume", False)
+    resume_step = resume.get("step") if isinstance(resume, dict) else None
+    lr = get_nested(cfg, "trainer.optim.lr", 1e-6)
+    if isinstance(lr, bool) or not isinstance(lr, int | float):
+        raise UsageError(f"trainer.optim.lr must be a number, got {lr!r}")
+    common: dict[str, Any] = {
+        "max_steps": _int(max_steps, "max_steps", minimum=0),
+        "ckpt_interval": None if interval is None else _int(interval, "ckpt.interval"),
+        "resume": resume is True or isinstance(resume, dict),
+        "resume_step": None if resume_step is None else _int(resume_step, "resume.step", 0),
+        "clean": cfg.get("clean") is True,
+        "dry_run": cfg.get("dry_run") is True,
+        "lr": float(lr),
+    }
+    if common["resume"] and common["clean"]:
+        raise UsageError("--resume and --clean are mutually exclusive")
+    return common
+
+
+def resolve_current(cfg: dict[str, Any]) -> Plan:
+    deployment = cfg.setdefault("deployment", {})
+    if not isinstance(deployment, dict):
+        raise UsageError("deployment must be a table")
+    num_train = _int(deployment.setdefault("num_train_gpus", 1), "deployment.num_train_gpus")
+    num_infer = _int(deployment.setdefault("num_infer_gpus", 1), "deployment.num_infer_gpus")
+    per_node = _int(
+        deployment.setdefault("gpus_per_node", DEFAULT_GPUS_PER_NODE), "deployment.gpus_per_node"
+    )
+    if num_train + num_infer > per_node:
+        raise UsageError(
+            f"Total number of GPUs (num_train_gpus={num_train} + num_infer_gpus={num_infer}) "
+            f"exceeds the number of GPUs per node ({per_node})"
+        )
+    tp = _int(
+        get_nested(cfg, "inference.vllm.tensor_parallel_size", 1),
+        "inference.vllm.tensor_parallel_size",
+    )
+    dp = _int(
+        get_nested(cfg, "inference.vllm.data_parallel_size", 1), "inference.vllm.data_parallel_size"
+    )
+    if num_infer % tp != 0:
+        raise UsageError(
+            "Number of inference GPUs must be divisible by the tensor parallel size "
+            f"(num_infer_gpus={num_infer}, tensor_parallel_size={tp})"
+        )
+    if dp * tp != num_infer:
+        dp = num_infer // tp
+    set_nested(cfg, ["inference", "vllm", "tensor_parallel_size"], tp)
+    set_nested(cfg, ["inference", "vllm", "data_parallel_size"], dp)
+
+    output_dir = _output_dir(cfg)
+    run_name = get_nested(cfg, "run.name")
+    if run_name is None or run_name == "":
+        run_name = _auto_run_name(cfg)
+        set_nested(cfg, ["run", "name"], run_name)
+    if isinstance(run_name, bool) or not isinstance(run_name, str | int):
+        raise UsageError(f"run.name must be a single name, got {run_name!r}")
+    run_name = str(run_name)
+    set_nested(cfg, ["run", "name"], run_name)
+    if "/" in run_name or run_name in (".", ".."):
+        raise UsageError(f"run.name must be a plain directory name, got {run_name!r}")
+    return Plan(
+        dialect="current",
+        config=cfg,
+        run_dir=output_dir / run_name,
+        run_name=run_name,
+        inference_gpus=list(range(num_infer)),
+        trainer_gpus=list(range(num_infer, num_infer + num_train)),
+        tp=tp,
+        dp=dp,
+        gpus_per_node=per_node,
+        wandb_project=_optional_str(get_nested(cfg, "monitors.wandb.project")),
+        wandb_name=_optional_str(get_nested(cfg, "monitors.wandb.name")),
+        **_common(cfg),
+    )
+
+
+def resolve_2025_10(cfg: dict[str, Any]) -> Plan:
+    trainer_ids = _gpu_ids(cfg.setdefault("trainer_gpu_ids", [0]), "--trainer-gpu-ids")
+    inference_ids = _gpu_ids(cfg.setdefault("inference_gpu_ids", [1]), "--inference-gpu-ids")
+    cfg["trainer_gpu_ids"], cfg["inference_gpu_ids"] = trainer_ids, inference_ids
+    overlap = sorted(set(trainer_ids) & set(inference_ids))
+    if overlap:
+        raise UsageError(f"Trainer and inference GPU ids overlap: {overlap}")
+    dp = _int(get_nested(cfg, "inference.parallel.dp", 1), "inference.parallel.dp")
+    tp = _int(get_nested(cfg, "inference.parallel.tp", 1), "inference.parallel.tp")
+    if len(inference_ids) != dp * tp:
+        raise UsageError(
+            f"Number of inference GPU ids ({len(inference_ids)}) must equal "
+            f"inference.parallel.dp * inference.parallel.tp ({dp} * {tp} = {dp * tp})"
+        )
+    set_nested(cfg, ["inference", "parallel", "dp"], dp)
+    set_nested(cfg, ["inference", "parallel", "tp"], tp)
+    output_dir = _output_dir(cfg)
+    wandb_name = _optional_str(get_nested(cfg, "wandb.name"))
+    return Plan(
+        dialect="2025-10",
+        config=cfg,
+        run_dir=output_dir,
+        run_name=wandb_name or output_dir.name,
+        inference_gpus=inference_ids,
+        trainer_gpus=trainer_ids,
+        tp=tp,
+        dp=dp,
+        gpus_per_node=None,
+        wandb_project=_optional_str(get_nested(cfg, "wandb.project")),
+        wandb_name=wandb_name,
+        **_common(cfg),
+    )
+
+
+def sub_configs(plan: Plan) -> dict[str, dict[str, Any]]:
+    """The resolved config files written to ``<run>/configs/``."""
+    cfg = plan.config
+    launcher_only = (*SECTIONS, *CONTROL_KEYS, "deployment", "trainer_gpu_ids", "inference_gpu_ids")
+    shared = {k: v for k, v in cfg.items() if k not in launcher_only}
+    files = {"rl": cfg}
+    for section in SECTIONS:
+        own = cfg.get(section, {})
+        files[section] = deep_merge(shared, own if isinstance(own, dict) else {})
+    return files
+
+
+# --------------------------------------------------------------------------- env
+
+
+@dataclass
+class Settings:
+    step_seconds: float
+    fail_at: int | None
+    hang: bool
+    hang_at: int | None
+    ignore_sigterm: bool
+    children: bool
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value not in ("0", "false", "no", "off")
+
+
+def env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"{name} must be an integer, got {value!r}") from None
+
+
+def read_settings() -> Settings:
+    raw = os.environ.get("FAKE_RL_STEP_SECONDS", "").strip()
+    try:
+        step_seconds = float(raw) if raw else DEFAULT_STEP_SECONDS
+    except ValueError:
+        raise UsageError(f"FAKE_RL_STEP_SECONDS must be a number, got {raw!r}") from None
+    return Settings(
+        step_seconds=max(0.0, step_seconds),
+        fail_at=env_int("FAKE_RL_FAIL_AT_STEP"),
+        hang=env_flag("FAKE_RL_HANG"),
+        hang_at=env_int("FAKE_RL_HANG_AT_STEP"),
+        ignore_sigterm=env_flag("FAKE_RL_IGNORE_SIGTERM"),
+        children=env_flag("FAKE_RL_CHILDREN", default=True),
+    )
+
+
+def record_invocation(argv: Sequence[str]) -> None:
+    target = os.environ.get("FAKE_RL_RECORD")
+    if not target:
+        return
+    entry = {
+        "argv": list(argv),
+        "env": sorted(os.environ),
+        "cwd": os.getcwd(),
+        "pid": os.getpid(),
+        "time": time.time(),
+    }
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+def fast_lines(count: int) -> int:
+    out = sys.stdout.buffer
+    chunk = 65536
+    try:
+        for start in range(1, count + 1, chunk):
+            stop = min(start + chunk, count + 1)
+            text = "".join([f"line {i:06d} fake prime-rl output\n" for i in range(start, stop)])
+            out.write(text.encode())
+        out.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT handlers; the main loop polls it."""
+
+    def __init__(self, ignore_sigterm: bool) -> None:
+        self.signum: int | None = None
+        signal.signal(signal.SIGINT, self._handle)
+        if ignore_sigterm:
+            signal.signal(signal.SIGTERM, self._ignore)
+        else:
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    @staticmethod
+    def _ignore(signum: int, frame: FrameType | None) -> None:
+        # os.write: never re-enter a buffered stream the main code may be writing to
+        os.write(2, b"received SIGTERM, ignoring it (FAKE_RL_IGNORE_SIGTERM=1)\n")
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Stopped
+
+    def sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            self.check()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(POLL_SECONDS, remaining))
+
+    def hang(self) -> None:
+        while True:
+            self.sleep(3600)
+
+
+# --------------------------------------------------------------------------- run dir
+
+
+def _emit(message: str, stream: TextIO) -> None:
+    try:
+        print(message, file=stream, flush=True)
+    except BrokenPipeError:
+        # The reader went away: keep running (like a launcher whose log tail was closed).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+def say(message: str) -> None:
+    _emit(message, sys.stdout)
+
+
+def warn(message: str) -> None:
+    _emit(message, sys.stderr)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def write_configs(plan: Plan) -> Path:
+    config_dir = plan.run_dir / "configs"
+    for name, data in sub_configs(plan).items():
+        write_json(config_dir / f"{name}.json", data)
+    return config_dir
+
+
+def artifacts(run_dir: Path) -> list[str]:
+    """Everything in the run directory except the (always rewritten) configs/."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(p.name for p in run_dir.iterdir() if p.name != "configs")
+
+
+def numbered_dirs(parent: Path, pattern: re.Pattern[str]) -> dict[int, Path]:
+    if not parent.is_dir():
+        return {}
+    found: dict[int, Path] = {}
+    for entry in parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match and entry.is_dir() and not entry.is_symlink():
+            found[int(match.group(1))] = entry
+    return found
+
+
+def prepare_run_dir(plan: Plan) -> int:
+    """Check, clean and inspect the run directory; return the resume checkpoint step."""
+    run_dir = plan.run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LaunchError(f"Run directory {run_dir} exists and is not a directory")
+    existing = artifacts(run_dir)
+    if existing and not (plan.resume or plan.clean):
+        raise LaunchError(
+            f"Run directory {run_dir} already contains artifacts ({', '.join(existing)}). "
+            "Pass --resume to continue from its latest checkpoint or --clean to delete them."
+        )
+    if plan.clean and run_dir.exists():
+        resolved = run_dir.resolve()
+        if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+            raise LaunchError(f"Refusing to --clean {resolved}")
+        say(f"Cleaning run directory {run_dir}")
+        shutil.rmtree(run_dir)
+    if not plan.resume:
+        return 0
+    checkpoints = numbered_dirs(run_dir / "checkpoints", STEP_DIR_RE)
+    if plan.resume_step is not None:
+        if plan.resume_step not in checkpoints:
+            available = ", ".join(str(s) for s in sorted(checkpoints)) or "none"
+            raise LaunchError(
+                f"Checkpoint for step {plan.resume_step} not found in {run_dir / 'checkpoints'} "
+                f"(available: {available})"
+            )
+        return plan.resume_step
+    if not checkpoints:
+        warn(
+            f"WARNING: --resume given but no checkpoint found in {run_dir / 'checkpoints'}; "
+            "starting from step 1"
+        )
+        say("No checkpoint found, starting from step 1")
+        return 0
+    return max(checkpoints)
+
+
+# --------------------------------------------------------------------------- logs
+
+
+class ComponentLogs:
+    """Open, line-buffered log files for each component (and trainer ranks)."""
+
+    def __init__(self, plan: Plan) -> None:
+        logs_dir = plan.run_dir / "logs"
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        self.attempt: int | None = None
+        if plan.attempt_logs:
+            attempts = numbered_dirs(logs_dir, ATTEMPT_DIR_RE)
+            self.attempt = max([len(attempts), *attempts]) + 1
+            self.dir = logs_dir / f"attempt_{self.attempt}"
+            self.dir.mkdir()
+            tmp_link = logs_dir / f".latest.{os.getpid()}"
+            tmp_link.unlink(missing_ok=True)
+            os.symlink(self.dir.name, tmp_link)
+            os.replace(tmp_link, logs_dir / "latest")
+        else:
+            self.dir = logs_dir
+        self.files: dict[str, TextIO] = {
+            name: open(self.dir / f"{name}.log", "a", buffering=1, encoding="utf-8")
+            for name in COMPONENTS
+        }
+        self.ranks: list[tuple[TextIO, TextIO]] = []
+        if plan.attempt_logs:
+            for rank in range(len(plan.trainer_gpus)):
+                rank_dir = self.dir / "trainer" / "torchrun" / str(rank)
+                rank_dir.mkdir(parents=True)
+                self.ranks.append(
+                    (
+                        open(rank_dir / "stdout.log", "a", buffering=1, encoding="utf-8"),
+                        open(rank_dir / "stderr.log", "a", buffering=1, encoding="utf-8"),
+                    )
+                )
+
+    def path(self, component: str) -> Path:
+        return self.dir / f"{component}.log"
+
+    def write(self, component: str, *lines: str, raw: bool = False) -> None:
+        prefix = "" if raw else time.strftime("%H:%M:%S ")
+        fh = self.files[component]
+        fh.write("".join(f"{prefix}{line}\n" for line in lines))
+        fh.flush()
+
+    def rank_write(self, rank: int, line: str, stderr: bool = False) -> None:
+        fh = self.ranks[rank][1 if stderr else 0]
+        fh.write(line + "\n")
+        fh.flush()
+
+    def everywhere(self, line: str) -> None:
+        for component in COMPONENTS:
+            self.write(component, f"[{component}] {line}")
+
+    def close(self) -> None:
+        for fh in self._all():
+            fh.close()
+
+    def _all(self) -> Iterator[TextIO]:
+        yield from self.files.values()
+        for out, err in self.ranks:
+            yield out
+            yield err
+
+
+# --------------------------------------------------------------------------- launcher
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    reward: float
+    reward_std: float
+    loss: float
+    grad_norm: float
+    entropy: float
+    seq_len: float
+    requests: int
+
+    @classmethod
+    def for_step(cls, step: int) -> "StepMetrics":
+        rng = random.Random(step)
+        reward = 0.15 + 0.7 * (1 - math.exp(-step / 8)) + rng.uniform(-0.03, 0.03)
+        return cls(
+            step=step,
+            reward=round(min(1.0, max(0.0, reward)), 4),
+            reward_std=round(0.25 + rng.uniform(-0.05, 0.05), 4),
+            loss=round(0.9 * math.exp(-step / 12) + 0.05 + rng.uniform(0, 0.02), 4),
+            grad_norm=round(0.5 + rng.uniform(0, 0.5), 4),
+            entropy=round(1.2 * math.exp(-step / 30) + 0.1, 4),
+            seq_len=round(120 + rng.uniform(-20, 20), 1),
+            requests=64 + rng.randrange(8),
+        )
+
+
+class Launcher:
+    def __init__(self, plan: Plan, settings: Settings, stop: StopFlag, resume_from: int) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.stop = stop
+        self.resume_from = resume_from
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.logs: ComponentLogs | None = None
+
+    def run(self) -> int:
+        try:
+            write_configs(self.plan)
+            self.logs = ComponentLogs(self.plan)
+            self._start()
+            if self.settings.hang:
+                self.stop.hang()
+            for step in range(self.resume_from + 1, self.plan.max_steps + 1):
+                say(f"Starting step {step}")
+                if self.settings.hang_at == step:
+                    self.stop.hang()
+                self.stop.sleep(self.settings.step_seconds)
+                if self.settings.fail_at == step:
+                    return self._fail(step)
+                self._step(step)
+            self._finish()
+            return 0
+        except Stopped:
+            return self._shutdown()
+        except ComponentFailed as exc:
+            warn(f"ERROR: {exc}")
+            return 1
+        finally:
+            self._terminate_children()
+            if self.logs is not None:
+                self.logs.close()
+
+    # ---- phases
+
+    def _start(self) -> None:
+        plan, logs = self.plan, self._logs()
+        ids = ",".join(map(str, plan.inference_gpus))
+        trainer_ids = ",".join(map(str, plan.trainer_gpus))
+        say(f"Fake prime-rl launcher (dialect {plan.dialect})")
+        say(f"Run directory: {plan.run_dir.resolve()}")
+        say(f"Run name: {plan.run_name}")
+        if logs.attempt is not None:
+            say(f"Attempt {logs.attempt}: logs in {logs.dir.resolve()}")
+        else:
+            say(f"Logs in {logs.dir.resolve()}")
+        per_node = f" of {plan.gpus_per_node} GPUs per node" if plan.gpus_per_node else ""
+        say(
+            f"GPU split: {len(plan.trainer_gpus)} trainer + {len(plan.inference_gpus)} "
+            f"inference{per_node}"
+        )
+        say(f"Inference GPU ids: {ids} (tp={plan.tp}, dp={plan.dp})")
+        say(f"Trainer GPU ids: {trainer_ids}")
+        interval = plan.ckpt_interval if plan.ckpt_interval else "off"
+        say(f"Max steps: {plan.max_steps}; checkpoint interval: {interval}")
+        if plan.wandb_project or plan.wandb_name:
+            say(f"W&B: project={plan.wandb_project} name={plan.wandb_name}")
+        warn(f"WARNING [inference] fake vLLM engine, no real GPUs used (GPU ids {ids})")
+        logs.write(
+            "inference",
+            f"[inference] starting fake vLLM server on GPUs {ids} (tp={plan.tp}, dp={plan.dp})",
+            "[inference] server ready on port 8000",
+        )
+        logs.write("orchestrator", f"[orchestrator] starting, max_steps={plan.max_steps}")
+        logs.write("trainer", f"[trainer] starting on GPUs {trainer_ids}, lr={plan.lr:g}")
+        for rank in range(len(logs.ranks)):
+            logs.rank_write(rank, f"[rank {rank}] initialised process group")
+        self._spawn_children()
+        if self.resume_from:
+            say(f"Resuming from checkpoint step {self.resume_from}")
+            logs.everywhere(f"resuming from checkpoint step {self.resume_from}")
+        say("All components started")
+        self.stop.check()
+
+    def _step(self, step: int) -> None:
+        plan, logs = self.plan, self._logs()
+        m = StepMetrics.for_step(step)
+        logs.write(
+            "inference",
+            f"[inference] step {step}: served {m.requests} requests, "
+            f"{int(m.requests * m.seq_len)} tokens generated",
+        )
+        logs.write(
+            "orchestrator",
+            f"[orchestrator] step {step}: generated {m.requests} rollouts, "
+            f"seq_len/mean={m.seq_len}",
+            f"[orchestrator] step {step}: reward/mean={m.reward:.4f} reward/std={m.reward_std:.4f}",
+        )
+        logs.write(
+            "trainer",
+            f"[trainer] step {step} loss={m.loss:.4f} grad_norm={m.grad_norm:.4f} "
+            f"entropy={m.entropy:.4f} lr={plan.lr:g}",
+        )
+        for rank in range(len(logs.ranks)):
+            logs.rank_write(rank, f"[rank {rank}] step {step} loss={m.loss:.4f}")
+        self._write_rollouts(step, m)
+        self._append_metrics(m)
+        if plan.ckpt_interval and step % plan.ckpt_interval == 0:
+            self._checkpoint(step)
+            logs.write("trainer", f"[trainer] saved checkpoint for step {step}")
+            logs.write("orchestrator", f"[orchestrator] saved checkpoint for step {step}")
+        if step % 5 == 0:
+            warn(f"WARNING [orchestrator] step {step}: 1 rollout truncated at max_tokens")
+        self.stop.check()
+
+    def _finish(self) -> None:
+        logs = self._logs()
+        logs.everywhere("training finished, shutting down")
+        done = self.plan.max_steps - self.resume_from
+        say(f"Completed {max(done, 0)} step(s); last step {self.plan.max_steps}")
+        say("Training finished")
+
+    def _fail(self, step: int) -> int:
+        logs = self._logs()
+        traceback = [
+            "Traceback (most recent call last):",
+            '  File "/app/prime-rl/src/prime_rl/trainer/rl/train.py", line 412, in train',
+            "    loss.backward()",
+            '  File "/app/.venv/lib/python3.12/site-packages/torch/_tensor.py", line 626, '
+            "in backward",
+            "    torch.autograd.backward(",
+            '  File "/app/.venv/lib/python3.12/site-packages/torch/autograd/__init__.py", '
+            "line 347, in backward",
+            "    _engine_run_backward(",
+            CUDA_ERROR,
+        ]
+        logs.write("trainer", f"[trainer] step {step}: error during backward pass")
+        logs.write("trainer", *traceback, raw=True)
+        for rank in range(len(logs.ranks)):
+            logs.rank_write(rank, "\n".join(traceback), stderr=True)
+        message = f"trainer process failed with exit code 1 at step {step}"
+        logs.write("orchestrator", f"[orchestrator] {message}; shutting down")
+        logs.write("inference", f"[inference] {message}; shutting down")
+        warn(f"ERROR: {message} (see {logs.path('trainer')})")
+        say(f"ERROR: {message}")
+        return 1
+
+    def _shutdown(self) -> int:
+        signum = self.stop.signum or signal.SIGTERM
+        name = signal.Signals(signum).name
+        message = f"received {name}, shutting down"
+        say(message)
+        if self.logs is not None:
+            self.logs.everywhere(message)
+        return 128 + signum
+
+    # ---- helpers
+
+    def _logs(self) -> ComponentLogs:
+        assert self.logs is not None
+        return self.logs
+
+    def _spawn_children(self) -> None:
+        if not self.settings.children:
+            return
+        gpus = {
+            "inference": self.plan.inference_gpus,
+            "orchestrator": [],
+            "trainer": self.plan.trainer_gpus,
+        }
+        for component in COMPONENTS:
+            env = dict(os.environ)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus[component]))
+            env["FAKE_RL_CHILD_IGNORE_SIGTERM"] = "1" if self.settings.ignore_sigterm else "0"
+            child = subprocess.Popen(
+                [sys.executable, "-S", "-c", CHILD_SOURCE, f"fake-prime-rl-{component}"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            self.children.append(child)
+        # Wait until every child has its signal handling in place, so that a signal sent
+        # after "All components started" hits fully initialised processes.
+        for component, child in zip(COMPONENTS, self.children, strict=True):
+            assert child.stdout is not None
+            ready = child.stdout.readline()
+            child.stdout.close()
+            self.stop.check()
+            if ready != b"ready\n":
+                raise ComponentFailed(f"{component} process exited during startup")
+            self._logs().write(component, f"[{component}] process started (pid {child.pid})")
+
+    def _terminate_children(self) -> None:
+        alive = [c for c in self.children if c.poll() is None]
+        for child in alive:
+            child.terminate()
+        deadline = time.monotonic() + CHILD_GRACE_SECONDS
+        for child in alive:
+            try:
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+    def _write_rollouts(self, step: int, m: StepMetrics) -> None:
+        rollout_dir = self.plan.run_dir / "rollouts" / f"step_{step}"
+        rollout_dir.mkdir(parents=True, exist_ok=True)
+        rows = [
+            {"step": step, "example_id": i, "reward": m.reward, "completion": f"fake #{i}"}
+            for i in range(2)
+        ]
+        (rollout_dir / "rollouts.jsonl").write_text(
+            "".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8"
+        )
+
+    def _append_metrics(self, m: StepMetrics) -> None:
+        row = {
+            "step": m.step,
+            "time": time.time(),
+            "reward/mean": m.reward,
+            "reward/std": m.reward_std,
+            "loss": m.loss,
+            "grad_norm": m.grad_norm,
+            "entropy": m.entropy,
+            "seq_len/mean": m.seq_len,
+            "lr": self.plan.lr,
+        }
+        with (self.plan.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def _checkpoint(self, step: int) -> None:
+        """Write ``checkpoints/step_N`` atomically (temp dir + rename)."""
+        ckpt_root = self.plan.run_dir / "checkpoints"
+        final = ckpt_root / f"step_{step}"
+        tmp = ckpt_root / f".step_{step}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        write_json(tmp / "trainer" / "state.json", {"step": step, "lr": self.plan.lr})
+        write_json(tmp / "orchestrator" / "progress.json", {"step": step})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def resolve(argv: Sequence[str]) -> tuple[Plan, Settings]:
+    parsed = parse_argv(argv)
+    cfg = build_config(parsed)
+    plan = resolve_current(cfg) if parsed.dialect == "current" else resolve_2025_10(cfg)
+    return plan, read_settings()
+
+
+def main(argv: Sequence[str]) -> int:
+    record_invocation(argv)
+    if "-h" in argv or "--help" in argv:
+        say(USAGE)
+        return 0
+    try:
+        fast = env_int("FAKE_RL_FAST_LINES")
+        if fast is not None:
+            return fast_lines(fast)
+        stop = StopFlag(env_flag("FAKE_RL_IGNORE_SIGTERM"))
+        plan, settings = resolve(argv)
+    except UsageError as exc:
+        warn(USAGE)
+        warn(f"rl: error: {exc}")
+        return 2
+    if plan.dry_run:
+        config_dir = write_configs(plan)
+        say(f"Dry run OK: wrote resolved configs to {config_dir.resolve()}")
+        return 0
+    try:
+        resume_from = prepare_run_dir(plan)
+    except LaunchError as exc:
+        warn(f"ERROR: {exc}")
+        return 1
+    return Launcher(plan, settings, stop, resume_from).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
