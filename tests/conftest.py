@@ -43,3 +43,64 @@ def prm(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
         return Result(code, captured.out, captured.err)
 
     yield call
+
+
+FAKE_RL = Path(__file__).parent / "fake_prime_rl" / "rl.py"
+
+
+def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A stand-in prime-rl checkout holding the configs the shipped profiles name."""
+    root = tmp_path / "prime-rl"
+    current = root / "configs" / "basic" / "reverse-text" / "rl.toml"
+    current.parent.mkdir(parents=True)
+    current.write_text("max_steps = 8\n")
+    legacy = root / "configs" / "hendrycks_math" / "1b"
+    legacy.mkdir(parents=True)
+    for name in ("train", "orch", "infer"):
+        (legacy / f"{name}.toml").write_text("max_steps = 6\n" if name == "orch" else "")
+    return root
+
+
+@pytest.fixture
+def fast_fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Quick fake steps, and a file where the fake launcher records each argv."""
+    record = tmp_path / "launcher-calls.jsonl"
+    monkeypatch.setenv("FAKE_RL_STEP_SECONDS", "0.03")
+    monkeypatch.setenv("FAKE_RL_RECORD", str(record))
+    return record
+
+
+@pytest.fixture
+def local_profile(tmp_path: Path, checkout: Path) -> Path:
+    """A profile that runs reverse-text on the local backend with the fake launcher."""
+    import sys
+
+    path = tmp_path / "local-rt.toml"
+    path.write_text(
+        'extends = "{base}"\n'
+        "[experiment]\nname = \"lrt\"\n"
+        '[prime_rl]\nconfig = "configs/basic/reverse-text/rl.toml"\nckpt_interval = 2\n'
+        '[gpu]\ntype = "H100"\ncount = 2\n'
+        '[backend]\nkind = "local"\n'
+        '[local]\nprime_rl_dir = "{checkout}"\noutputs_dir = "{outputs}"\n'
+        'launcher = ["{python}", "{fake}"]\n'
+        "[overrides]\nmax_steps = 8\n".format(
+            base=Path(__file__).resolve().parents[1] / "configs" / "base.toml",
+            checkout=checkout, outputs=tmp_path / "outputs", python=sys.executable, fake=FAKE_RL,
+        )
+    )
+    return path

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from primerl_modal.commands.run import run
+from primerl_modal.commands.stop import stop
 from primerl_modal.errors import PrmError
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ def root(
 
 
 app.command(no_args_is_help=False)(run)
+app.command()(stop)
 
 
 def run_cli(argv: list[str] | None = None) -> int:

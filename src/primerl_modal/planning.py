@@ -17,6 +17,9 @@ from primerl_modal.core.profile import (
     Setting,
     resolve,
 )
+from primerl_modal.core.schema import BACKENDS
+from primerl_modal.errors import ProfileError
+from primerl_modal.run_index import RunIndex, open_index
 
 
 def search_path(cwd: Path | None = None) -> SearchPath:
@@ -26,11 +29,26 @@ def search_path(cwd: Path | None = None) -> SearchPath:
     )
 
 
+def layout_for(profile: ResolvedProfile) -> Layout:
+    """The layout of the profile's backend ([backend] kind, or --backend).
+
+    Raises PrmError for an unknown backend or a local one without a checkout.
+    """
+    kind = profile.get("backend.kind")
+    if kind == "modal":
+        return MODAL_LAYOUT
+    if kind == "local":
+        from primerl_modal.backends.local import local_layout
+
+        return local_layout(profile)
+    raise ProfileError(f"unknown backend {kind!r}", f"use one of: {', '.join(BACKENDS)}")
+
+
 def plan_profile(
     name: str | None,
     settings: Sequence[Setting] = (),
     *,
-    layout: Layout = MODAL_LAYOUT,
+    layout: Layout | None = None,
     now: datetime | None = None,
 ) -> tuple[Plan, ResolvedProfile]:
     """Resolve profile ``name`` (default: reverse-text) with ``settings`` and plan one run.
@@ -38,8 +56,13 @@ def plan_profile(
     Raises PrmError (ProfileError, PlanError) for anything that would not launch.
     """
     profile = resolve(name or DEFAULT_PROFILE, search_path(), settings)
+    layout = layout or layout_for(profile)
     plan = build_plan(
         profile, catalogue(paths.price_overrides()),
         now=now or datetime.now(UTC), token=secrets.token_hex(2), layout=layout,
     )
     return plan, profile
+
+
+def run_index() -> RunIndex:
+    return open_index(paths.prm_home())

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from primerl_modal.core.profile import Setting, parse_set
-from primerl_modal.errors import NotReadyError, UsageError
+from primerl_modal.errors import UsageError
 from primerl_modal.ui.console import JsonOption
 
 
@@ -109,6 +109,18 @@ def run(
     explain: Annotated[
         bool, typer.Option("--explain", help="With --dry-run: show where each value came from.")
     ] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="modal (default) or local (this machine's GPUs)."),
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Return once launched; do not follow logs.")
+    ] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", metavar="RUN",
+                     help="Relaunch a FAILED/STOPPED/LOST run as a new attempt that resumes."),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Plan a prime-rl run from a profile and launch it.
@@ -120,16 +132,25 @@ def run(
       prm run hendrycks-sanity --gpus 8 --trainer-ratio 0.25 --tp 2 --dry-run
       prm run ./my-exp.toml --gpu H100:8 --set trainer.optim.lr=3e-6 --set max_steps=200
       prm run my-exp --dry-run --explain      # where every value came from
+      prm run my-exp --backend local --detach # on this machine's GPUs, in the background
+      prm run --resume my-exp-261129          # continue a stopped run from its checkpoint
     """
+    from primerl_modal.commands import launch
     from primerl_modal.planning import plan_profile
 
+    if resume:
+        if profile or dry_run:
+            raise UsageError("--resume RUN takes no profile and no --dry-run",
+                             "the run's own plan is reused")
+        launch.resume_run(resume, detach=detach, json_out=json_out)
+        return
     settings = cli_settings(
         gpu=gpu, gpus=gpus, gpu_type=gpu_type, trainer_ratio=trainer_ratio, tp=tp, name=name,
         ref=ref, local_code=local_code, use_local_code=use_local_code, timeout=timeout,
         retries=retries, trainer_config=trainer_config,
         orchestrator_config=orchestrator_config, inference_config=inference_config,
         sets=sets or [],
-    )
+    ) + ([Setting("backend.kind", backend, "--backend")] if backend else [])
     if explain and not dry_run:
         raise UsageError("--explain goes with --dry-run", "add --dry-run")
     plan, resolved = plan_profile(profile, settings)
@@ -146,8 +167,8 @@ def run(
         if explain:
             console.out().print(explain_view(resolved))
         return
-    raise NotReadyError(
-        f"planned {plan.run_id}, but launching lands with the Modal backend, "
-        "which this build of prm does not have yet",
-        "use --dry-run to see the plan",
-    )
+    for w in plan.warnings:
+        from primerl_modal.ui.console import warn
+
+        warn(w)
+    launch.launch_plan(plan, detach=detach, json_out=json_out)

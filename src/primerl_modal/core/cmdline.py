@@ -100,9 +100,10 @@ def override_args(overrides: Mapping[str, Any], dialect: str) -> list[str]:
 def current_argv(
     config: str, gpus: GpuPlan, output_dir: str, run_id: str, wandb: Wandb,
     ckpt_interval: int | None, overrides: Mapping[str, Any],
+    launcher: tuple[str, ...] = LAUNCHER,
 ) -> list[str]:
     """`rl` argv for dialect ``current``: one rl.toml, [deployment], inference.vllm.*."""
-    argv = [*LAUNCHER, "@", config]
+    argv = [*launcher, "@", config]
     argv += ["--deployment.num-train-gpus", str(gpus.trainer)]
     argv += ["--deployment.num-infer-gpus", str(gpus.inference)]
     argv += ["--inference.vllm.tensor-parallel-size", str(gpus.tp)]
@@ -117,10 +118,11 @@ def current_argv(
 def legacy_argv(
     configs: tuple[str, str, str], gpus: GpuPlan, run_dir: str, wandb: Wandb,
     ckpt_interval: int | None, overrides: Mapping[str, Any],
+    launcher: tuple[str, ...] = LAUNCHER,
 ) -> list[str]:
     """`rl` argv for dialect ``2025-10``: three files, GPU id lists, inference.parallel.*."""
     trainer, orchestrator, inference = configs
-    argv = [*LAUNCHER, "--trainer", "@", trainer, "--orchestrator", "@", orchestrator]
+    argv = [*launcher, "--trainer", "@", trainer, "--orchestrator", "@", orchestrator]
     argv += ["--inference", "@", inference]
     argv += ["--trainer-gpu-ids", ",".join(map(str, gpus.trainer_gpu_ids))]
     argv += ["--inference-gpu-ids", ",".join(map(str, gpus.inference_gpu_ids))]

@@ -31,14 +31,16 @@ _COMMIT = re.compile(r"[0-9a-f]{7,40}")
 class Layout:
     """Where a backend puts things: the outputs root and the prime-rl checkout."""
 
+    backend: str
     outputs_root: str
     workdir: str
+    launcher: tuple[str, ...] = cmdline.LAUNCHER
 
     def meta_dir(self, run_id: str) -> str:
         return f"{self.outputs_root}/{META_DIR}/{run_id}"
 
 
-MODAL_LAYOUT = Layout(outputs_root="/outputs", workdir="/opt/prime-rl")
+MODAL_LAYOUT = Layout(backend="modal", outputs_root="/outputs", workdir="/opt/prime-rl")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class InputFile:
 @dataclass(frozen=True)
 class Plan:
     run_id: str
+    backend: str
     profile: str
     profile_path: str
     dialect: str
@@ -63,6 +66,7 @@ class Plan:
     metric: str
     gpu: GpuPlan
     argv: tuple[str, ...]
+    launcher: tuple[str, ...]
     workdir: str
     outputs_root: str
     env: Mapping[str, str]
@@ -94,10 +98,13 @@ class Plan:
     def meta_dir(self) -> str:
         return f"{self.outputs_root}/{META_DIR}/{self.run_id}"
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, with_input_texts: bool = False) -> dict[str, Any]:
+        """The plan as JSON; ``with_input_texts`` adds uploaded files' contents (for the
+        runner, which writes them before launch)."""
         g = self.gpu
         return {
             "run_id": self.run_id,
+            "backend": self.backend,
             "profile": self.profile,
             "profile_path": self.profile_path,
             "dialect": self.dialect,
@@ -111,7 +118,9 @@ class Plan:
                 "usd_per_gpu_hour": g.usd_per_gpu_hour, "modal": g.modal_gpu,
             },
             "argv": list(self.argv),
+            "launcher": list(self.launcher),
             "workdir": self.workdir,
+            "outputs_root": self.outputs_root,
             "run_dir": self.run_dir,
             "meta_dir": self.meta_dir,
             "env": dict(self.env),
@@ -125,6 +134,7 @@ class Plan:
             "configs": dict(self.configs),
             "inputs": [
                 {"role": i.role, "source": i.source, "path": i.path, "sha256": i.sha256}
+                | ({"text": i.text} if with_input_texts else {})
                 for i in self.inputs
             ],
             "wandb": {"project": self.wandb.project, "name": self.wandb.name,
@@ -211,13 +221,13 @@ def build_plan(
     if dialect == "current":
         argv = cmdline.current_argv(
             configs["config"], gpus, layout.outputs_root, run_id, wandb,
-            g("prime_rl.ckpt_interval"), overrides,
+            g("prime_rl.ckpt_interval"), overrides, layout.launcher,
         )
     else:
         three = (configs["trainer_config"], configs["orchestrator_config"],
                  configs["inference_config"])
         argv = cmdline.legacy_argv(three, gpus, f"{layout.outputs_root}/{run_id}", wandb,
-                                   g("prime_rl.ckpt_interval"), overrides)
+                                   g("prime_rl.ckpt_interval"), overrides, layout.launcher)
     ref = g("prime_rl.ref")
     warnings = []
     if not _COMMIT.fullmatch(ref):
@@ -229,6 +239,7 @@ def build_plan(
            for k, v in (g("env") or {}).items()}
     return Plan(
         run_id=run_id,
+        backend=layout.backend,
         profile=profile.name,
         profile_path=str(profile.path),
         dialect=dialect,
@@ -237,6 +248,7 @@ def build_plan(
         metric=g("experiment.metric"),
         gpu=gpus,
         argv=tuple(argv),
+        launcher=layout.launcher,
         workdir=layout.workdir,
         outputs_root=layout.outputs_root,
         env=env,

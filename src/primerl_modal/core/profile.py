@@ -214,16 +214,19 @@ def is_local_path(value: str) -> bool:
 def _anchor_paths(table: Mapping[str, Any], base: Path) -> dict[str, Any]:
     """Local paths in [prime_rl] made absolute against ``base`` (the directory of the
     file that wrote them, or the working directory for CLI flags)."""
-    section = table.get("prime_rl")
-    if not isinstance(section, Mapping):
-        return dict(table)
-    fixed = dict(section)
-    for key, value in section.items():
-        if not isinstance(value, str):
+    out = dict(table)
+    for name, always in (("prime_rl", {"local_code"}), ("local", {"prime_rl_dir", "outputs_dir"})):
+        section = table.get(name)
+        if not isinstance(section, Mapping):
             continue
-        if key == "local_code" or (key in CONFIG_KEYS and is_local_path(value)):
-            fixed[key] = str((base / Path(value).expanduser()).resolve())
-    return {**table, "prime_rl": fixed}
+        fixed = dict(section)
+        for key, value in section.items():
+            if not isinstance(value, str):
+                continue
+            if key in always or (key in CONFIG_KEYS and is_local_path(value)):
+                fixed[key] = str((base / Path(value).expanduser()).resolve())
+        out[name] = fixed
+    return out
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str:

@@ -14,6 +14,7 @@ Kind = Literal["str", "int", "float", "bool", "str_list", "duration", "str_table
 PRIME_RL_REPO = "https://github.com/PrimeIntellect-ai/prime-rl.git"
 PRIME_RL_REF = "559b44772e471d1538537b8805cc77f3824a5e64"
 DIALECTS = ("current", "2025-10")
+BACKENDS = ("modal", "local")
 BASE_IMAGE = "nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04"
 
 
@@ -65,6 +66,10 @@ KEYS: tuple[Key, ...] = (
     Key("wandb", "project", "str", "prime-rl", "W&B project; the run name is the run id."),
     Key("wandb", "entity", "str", None, "W&B entity (team or user)."),
     Key("wandb", "group", "str", None, "W&B group."),
+    Key("backend", "kind", "str", "modal", "Where runs go: modal, or local (this machine)."),
+    Key("local", "prime_rl_dir", "str", None, "prime-rl checkout the local backend runs in."),
+    Key("local", "outputs_dir", "str", None, "Local outputs root (default $PRM_HOME/outputs)."),
+    Key("local", "launcher", "str_list", None, "Launcher argv prefix (default: uv run rl)."),
     Key("env", "*", "str_table", {}, "Plain environment variables (never secrets)."),
     Key("overrides", "*", "table", {}, "prime-rl config overrides, rendered as --a.b-c flags."),
 )

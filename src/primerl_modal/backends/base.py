@@ -1,0 +1,76 @@
+"""The interface every backend implements, and what they share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from primerl_modal.core import status as st
+from primerl_modal.core.plan import Layout, Plan
+from primerl_modal.core.profile import ResolvedProfile
+from primerl_modal.run_index import RunRecord
+from primerl_modal.runner.state import read_json
+
+
+class Backend(Protocol):
+    name: str
+
+    def layout(self, profile: ResolvedProfile) -> Layout:
+        """Where this backend puts outputs and finds prime-rl, for ``profile``."""
+        ...
+
+    def launch(self, plan: Plan, *, sweep_id: str | None = None) -> RunRecord:
+        """Start the run (detached); the returned record is already in the index."""
+        ...
+
+    def refresh(self, records: list[RunRecord]) -> list[RunRecord]:
+        """Fresh status and progress of runs not yet final, in one batch."""
+        ...
+
+    def stop(self, record: RunRecord) -> str:
+        """Stop the run; returns what happened, in words."""
+        ...
+
+    def resume(self, record: RunRecord) -> RunRecord:
+        """Relaunch a FAILED, STOPPED or LOST run as a new attempt under the same id."""
+        ...
+
+    def follow(self, record: RunRecord, out: TextIO) -> RunRecord:
+        """Print the run's prefixed lines as they come until it ends; the final record."""
+        ...
+
+
+def new_record(plan: Plan, outputs: str, sweep_id: str | None = None) -> RunRecord:
+    now = time.time()
+    g = plan.gpu
+    return RunRecord(
+        run_id=plan.run_id, name=plan.experiment, profile=plan.profile, backend=plan.backend,
+        status=st.PENDING, created_at=now, updated_at=now, gpu_type=g.type, gpu_count=g.count,
+        trainer=g.trainer, inference=g.inference, tp=g.tp, dp=g.dp,
+        usd_per_gpu_hour=g.usd_per_gpu_hour, timeout_s=plan.timeout_s, retries=plan.retries,
+        outputs=outputs, meta_dir=plan.meta_dir, run_dir=plan.run_dir, metric=plan.metric,
+        sweep_id=sweep_id,
+    )
+
+
+def apply_status(record: RunRecord, status: Mapping[str, Any]) -> RunRecord:
+    """Copy what a run's status.json says onto its index record."""
+    progress = status.get("progress") or {}
+    history = status.get("history") or [{}]
+    record.status = status.get("status", record.status)
+    record.attempts = status.get("attempt", record.attempts)
+    record.started_at = status.get("started_at", record.started_at)
+    record.ended_at = status.get("ended_at", record.ended_at)
+    record.exit_code = status.get("exit_code", record.exit_code)
+    record.step = progress.get("step", record.step)
+    record.max_steps = progress.get("max_steps", record.max_steps)
+    record.metric_value = progress.get("value", record.metric_value)
+    record.note = history[-1].get("note", record.note)
+    record.updated_at = time.time()
+    return record
+
+
+def read_status(meta_dir: str | Path) -> dict[str, Any] | None:
+    return read_json(Path(meta_dir) / "status.json")

@@ -1,0 +1,211 @@
+"""The local backend: runs on this machine's GPUs, the runner detached from the terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from primerl_modal import paths
+from primerl_modal.backends.base import apply_status, new_record, read_status
+from primerl_modal.core import status as st
+from primerl_modal.core.cmdline import LAUNCHER
+from primerl_modal.core.plan import Layout, Plan
+from primerl_modal.core.profile import ResolvedProfile
+from primerl_modal.errors import PrmError
+from primerl_modal.run_index import RunIndex, RunRecord
+from primerl_modal.runner.state import (
+    STOP_MARKER,
+    RunState,
+    request_stop,
+    write_json_atomic,
+)
+from primerl_modal.ui.console import warn
+
+STOP_WAIT_S = 40.0  # the runner's grace (25 s) plus time to commit
+
+
+def count_gpus() -> int | None:
+    """GPUs this machine has, from `nvidia-smi -L`; None when that cannot be asked."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return None
+    try:
+        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if listing.returncode != 0:
+        return None
+    return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+
+
+def runner_alive(pid: int | None) -> bool:
+    """Whether ``pid`` is still a prm runner (not a recycled pid)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    return b"primerl_modal.runner" in cmdline
+
+
+def _kill_group(pgid: int | None) -> None:
+    if not pgid:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.05)
+
+
+def local_layout(profile: ResolvedProfile) -> Layout:
+    """Outputs under [local] outputs_dir (default $PRM_HOME/outputs), prime-rl in
+    [local] prime_rl_dir (or the local-code checkout).
+
+    Raises PrmError when there is no checkout to run in.
+    """
+    workdir = profile.get("local.prime_rl_dir") or profile.get("prime_rl.local_code")
+    if not workdir:
+        raise PrmError(
+            "the local backend needs a prime-rl checkout to run in",
+            "set [local] prime_rl_dir = \"/path/to/prime-rl\" in the profile "
+            "(or --set local.prime_rl_dir=PATH)",
+        )
+    outputs = profile.get("local.outputs_dir") or str(paths.prm_home() / "outputs")
+    launcher = tuple(profile.get("local.launcher") or LAUNCHER)
+    return Layout("local", outputs, workdir, launcher)
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, index: RunIndex) -> None:
+        self.index = index
+
+    def layout(self, profile: ResolvedProfile) -> Layout:
+        return local_layout(profile)
+
+    def launch(self, plan: Plan, *, sweep_id: str | None = None) -> RunRecord:
+        have = count_gpus()
+        if have is None:
+            warn(f"nvidia-smi not found: cannot check that this machine has the "
+                 f"{plan.gpu.count} GPUs the plan needs")
+        elif have < plan.gpu.count:
+            raise PrmError(
+                f"the plan needs {plan.gpu.count} GPUs but this machine has {have}",
+                f"use --gpus {have} (at least 2), or run on Modal",
+            )
+        if not Path(plan.workdir).is_dir():
+            raise PrmError(f"prime-rl checkout {plan.workdir} does not exist",
+                           "set [local] prime_rl_dir to your prime-rl clone")
+        meta = Path(plan.meta_dir)
+        write_json_atomic(meta / "plan.json", plan.to_json(with_input_texts=True))
+        RunState.create(meta, plan.run_id)
+        record = new_record(plan, plan.outputs_root, sweep_id)
+        self.index.upsert(record)
+        record.pid = self._spawn(meta, plan.outputs_root)
+        self.index.update(plan.run_id, pid=record.pid)
+        return record
+
+    def _spawn(self, meta: Path, outputs_root: str) -> int:
+        """Start the runner in its own session: it survives the shell that launched it."""
+        argv = [sys.executable, "-m", "primerl_modal.runner", "--plan", str(meta / "plan.json"),
+                "--outputs-root", outputs_root]
+        with open(meta / "runner.err", "ab") as err:
+            proc = subprocess.Popen(argv, cwd=meta, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err,
+                                    start_new_session=True)
+        return proc.pid
+
+    def refresh(self, records: list[RunRecord]) -> list[RunRecord]:
+        out = []
+        for record in records:
+            if not st.is_final(record.status):
+                record = self._refresh_one(record)
+            out.append(record)
+        return out
+
+    def _refresh_one(self, record: RunRecord) -> RunRecord:
+        status = read_status(record.meta_dir)
+        if status is None:
+            return record
+        apply_status(record, status)
+        runner_pid = (status.get("runner") or {}).get("pid") or record.pid
+        if not st.is_final(record.status) and not runner_alive(runner_pid):
+            # The runner was killed without a chance to write its end: say so, and leave
+            # no launcher behind it.
+            _kill_group(status.get("launcher_pid"))
+            state = RunState(Path(record.meta_dir), dict(status))
+            state.set_status(st.LOST, f"runner (pid {runner_pid}) is gone without a final status;"
+                             f" its errors, if any, are in {record.meta_dir}/runner.err")
+            apply_status(record, state.data)
+        self.index.upsert(record)
+        return record
+
+    def stop(self, record: RunRecord) -> str:
+        record = self._refresh_one(record)
+        if st.is_final(record.status):
+            return f"{record.run_id} is already {record.status}; nothing to stop"
+        meta = Path(record.meta_dir)
+        request_stop(meta)
+        status = read_status(meta) or {}
+        runner_pid = (status.get("runner") or {}).get("pid") or record.pid
+        if runner_pid and runner_alive(runner_pid):
+            os.kill(runner_pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline and runner_alive(runner_pid):
+            time.sleep(0.1)
+        status = read_status(meta) or {}
+        if not st.is_final(status.get("status", "")):
+            # The runner did not finish its own bookkeeping: end it and record the stop.
+            if runner_pid and runner_alive(runner_pid):
+                os.kill(runner_pid, signal.SIGKILL)
+            _kill_group(status.get("launcher_pid"))
+            state = RunState(meta, dict(status) or RunState.create(meta, record.run_id).data)
+            state.set_status(st.STOPPED, "stopped by prm stop (runner did not answer)")
+        record = self._refresh_one(record)
+        return f"{record.run_id} {record.status}"
+
+    def resume(self, record: RunRecord) -> RunRecord:
+        record = self._refresh_one(record)
+        if record.status not in st.RESUMABLE:
+            raise PrmError(
+                f"{record.run_id} is {record.status}; only FAILED, STOPPED or LOST runs resume",
+                f"follow it with `prm logs {record.run_id} -f`" if not st.is_final(record.status)
+                else "launch a new run instead",
+            )
+        meta = Path(record.meta_dir)
+        with contextlib.suppress(FileNotFoundError):
+            (meta / STOP_MARKER).unlink()
+        state = RunState.load(meta, record.run_id)
+        state.set_status(st.PENDING, "resume requested")
+        record.status, record.ended_at = st.PENDING, None
+        record.pid = self._spawn(meta, record.outputs)
+        self.index.upsert(record)
+        return record
+
+    def follow(self, record: RunRecord, out: TextIO) -> RunRecord:
+        from primerl_modal.backends.follow import follow_files
+
+        return follow_files(record, out, lambda: self._refresh_one(record))

@@ -1,0 +1,154 @@
+"""Forward every launcher line and every component log line, prefixed with its source.
+
+Lines go to the runner's stdout (which Modal's live log stream carries) and to
+``logs/attempt_<n>.log`` in the run's metadata folder (which outlives any log service).
+Each attempt tails only files that attempt writes, so no line is forwarded twice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import deque
+from itertools import count
+from pathlib import Path
+from typing import TextIO
+
+CHUNK = 1 << 16
+TAIL = 20
+_ERROR = re.compile(r"Traceback|Error|Exception|FAILED|failed")
+
+
+class Sink:
+    """Thread-safe writer of prefixed lines to a stream and a log file."""
+
+    def __init__(self, out: TextIO, log_path: Path) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._out = out
+        self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._lock = threading.Lock()
+        self._tails: dict[str, deque[str]] = {}
+        self._last_error: dict[str, int] = {}
+        self._seq = count()
+
+    def emit(self, prefix: str, lines: list[str]) -> None:
+        if not lines:
+            return
+        text = "".join(f"[{prefix}] {line}\n" for line in lines)
+        with self._lock:
+            self._out.write(text)
+            self._out.flush()
+            self._log.write(text)
+            self._tails.setdefault(prefix, deque(maxlen=TAIL)).extend(lines[-TAIL:])
+            if prefix != "runner" and any(_ERROR.search(line) for line in lines[-TAIL:]):
+                self._last_error[prefix] = next(self._seq)
+
+    def failure(self) -> tuple[str, list[str]]:
+        """The component that reported an error last (else the launcher), and its last
+        lines: what a FAILED status shows without opening any log."""
+        with self._lock:
+            components = [c for c in self._last_error if c != "launcher"]
+            pick = max(components, key=self._last_error.__getitem__, default="launcher")
+            return pick, list(self._tails.get(pick, ()))
+
+    def close(self) -> None:
+        with self._lock:
+            self._log.close()
+
+
+class _LineSplitter:
+    """Bytes in, complete decoded lines out; the unfinished tail waits for more."""
+
+    def __init__(self) -> None:
+        self._carry = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        data = self._carry + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._carry = data
+            return []
+        self._carry = data[cut + 1 :]
+        return data[:cut].decode("utf-8", "replace").split("\n")
+
+    def rest(self) -> list[str]:
+        tail, self._carry = self._carry, b""
+        return [tail.decode("utf-8", "replace")] if tail else []
+
+
+def pump_pipe(fd: int, sink: Sink, prefix: str = "launcher") -> threading.Thread:
+    """A thread that forwards everything readable from ``fd`` until EOF."""
+
+    def loop() -> None:
+        splitter = _LineSplitter()
+        while True:
+            try:
+                data = os.read(fd, CHUNK)
+            except OSError:
+                break
+            if not data:
+                break
+            sink.emit(prefix, splitter.feed(data))
+        sink.emit(prefix, splitter.rest())
+
+    thread = threading.Thread(target=loop, name="prm-pipe", daemon=True)
+    thread.start()
+    return thread
+
+
+def component_of(relative: Path) -> str:
+    """``trainer.log`` -> trainer; ``trainer/torchrun/0/stdout.log`` -> trainer; envs -> env."""
+    head = relative.parts[0]
+    name = head[: -len(".log")] if head.endswith(".log") else head
+    return "env" if name == "envs" else name
+
+
+class LogTailer:
+    """Follows prime-rl's component log files of the current attempt."""
+
+    def __init__(self, run_dir: Path, dialect: str, sink: Sink) -> None:
+        self.logs = run_dir / "logs"
+        self.dialect = dialect
+        self.sink = sink
+        self._files: dict[Path, tuple[int, _LineSplitter]] = {}
+        self._old_attempts: set[str] = set()
+
+    def snapshot(self) -> None:
+        """Remember what exists before this attempt starts, so it is not forwarded again."""
+        if not self.logs.is_dir():
+            return
+        if self.dialect == "current":
+            self._old_attempts = {p.name for p in self.logs.glob("attempt_*")}
+        else:
+            for path in self.logs.glob("*.log"):
+                self._files[path] = (path.stat().st_size, _LineSplitter())
+
+    def _roots(self) -> list[Path]:
+        if not self.logs.is_dir():
+            return []
+        if self.dialect == "current":
+            return sorted(p for p in self.logs.glob("attempt_*")
+                          if p.is_dir() and p.name not in self._old_attempts)
+        return [self.logs]
+
+    def poll(self, final: bool = False) -> None:
+        for root in self._roots():
+            pattern = "**/*.log" if self.dialect == "current" else "*.log"
+            for path in sorted(root.glob(pattern)):
+                if path.is_file():
+                    self._read(path, component_of(path.relative_to(root)), final)
+
+    def _read(self, path: Path, component: str, final: bool) -> None:
+        offset, splitter = self._files.get(path, (0, _LineSplitter()))
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            return
+        lines = splitter.feed(data)
+        if final:
+            lines += splitter.rest()
+        self._files[path] = (offset + len(data), splitter)
+        self.sink.emit(component, lines)

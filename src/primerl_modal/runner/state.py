@@ -1,0 +1,110 @@
+"""prm's metadata folder for one run: plan.json, status.json, events.jsonl, logs/, inputs/.
+
+It sits at ``<outputs>/_prm/<run-id>/``, beside prime-rl's run directory and never inside
+it (prime-rl refuses to reuse a directory holding files it does not know).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from primerl_modal.core import status as st
+
+STOP_MARKER = "stop-requested"
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write to a temporary name, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class RunState:
+    """status.json of one run, kept in memory and written whole on every change."""
+
+    def __init__(self, meta_dir: Path, data: dict[str, Any]) -> None:
+        self.meta_dir = meta_dir
+        self.data = data
+
+    @classmethod
+    def create(cls, meta_dir: Path, run_id: str) -> RunState:
+        """A fresh PENDING status for a run about to launch."""
+        state = cls(meta_dir, {"run_id": run_id, "status": st.PENDING, "attempt": 0,
+                               "attempts": [], "history": [], "progress": {}})
+        state.set_status(st.PENDING, "launched")
+        return state
+
+    @classmethod
+    def load(cls, meta_dir: Path, run_id: str) -> RunState:
+        data = read_json(meta_dir / "status.json")
+        return cls(meta_dir, data) if data else cls.create(meta_dir, run_id)
+
+    @property
+    def status(self) -> str:
+        return str(self.data["status"])
+
+    @property
+    def attempt(self) -> int:
+        return int(self.data.get("attempt", 0))
+
+    def save(self) -> None:
+        self.data["updated_at"] = now()
+        write_json_atomic(self.meta_dir / "status.json", self.data)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.meta_dir.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"t": now(), "event": kind, "attempt": self.attempt, **fields})
+        with open(self.meta_dir / "events.jsonl", "a") as f:
+            f.write(line + "\n")
+
+    def set_status(self, status: str, note: str = "", **fields: Any) -> None:
+        self.data["status"] = status
+        self.data.update(fields)
+        self.data["history"].append(
+            {"status": status, "at": now(), "attempt": self.attempt, "note": note}
+        )
+        self.save()
+        self.event("status", status=status, note=note)
+
+    def begin_attempt(self, argv: list[str], resumed: bool) -> int:
+        n = self.attempt + 1
+        self.data["attempt"] = n
+        self.data["attempts"].append({"n": n, "started_at": now(), "resumed": resumed,
+                                      "host": socket.gethostname(), "argv": argv})
+        self.data.setdefault("started_at", now())
+        self.data["runner"] = {"pid": os.getpid(), "host": socket.gethostname(),
+                               "heartbeat_at": now()}
+        self.event("attempt_started", argv=argv, resumed=resumed)
+        return n
+
+    def end_attempt(self, outcome: str, exit_code: int | None, **fields: Any) -> None:
+        current = self.data["attempts"][-1]
+        current.update({"ended_at": now(), "outcome": outcome, "exit_code": exit_code, **fields})
+        self.event("attempt_ended", outcome=outcome, exit_code=exit_code)
+
+
+def stop_requested(meta_dir: Path) -> bool:
+    return (meta_dir / STOP_MARKER).exists()
+
+
+def request_stop(meta_dir: Path) -> None:
+    (meta_dir / STOP_MARKER).write_text(str(now()))
