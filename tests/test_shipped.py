@@ -40,7 +40,9 @@ def test_example_plans(prm, path):
 
 
 def test_configs_dir_is_the_shipped_profiles():
-    assert (ROOT / "configs").resolve() == PACKAGED_PROFILES.resolve()
+    assert (ROOT / "configs").resolve() == ROOT / "src" / "primerl_modal" / "profiles"
+    shipped = {p.name: p.read_text() for p in PACKAGED_PROFILES.glob("*.toml")}
+    assert shipped == {p.name: p.read_text() for p in (ROOT / "configs").glob("*.toml")}
 
 
 def test_profiles_doc_is_fresh():
