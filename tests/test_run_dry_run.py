@@ -88,11 +88,23 @@ def test_explain_shows_where_values_came_from(prm):
     assert "--gpus" in r.out and "--set" in r.out and "base.toml" in r.out
 
 
-def test_without_dry_run_it_says_launching_is_not_here_yet(prm):
-    r = prm("run")
-    assert r.code == 1
-    assert "launching lands with the Modal backend" in r.err
-    assert r.out == ""
+def test_without_a_modal_token_run_says_modal_setup_fast(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env.update(MODAL_CONFIG_PATH=str(tmp_path / "no.toml"),
+               MODAL_SERVER_URL="http://127.0.0.1:9")  # never a real server
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "primerl_modal", "run"], env=env,
+                       capture_output=True, text=True, timeout=30)
+    elapsed = time.monotonic() - start
+    assert r.returncode == 1
+    assert "modal setup" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert elapsed < 2.0
 
 
 @pytest.fixture

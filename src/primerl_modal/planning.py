@@ -50,6 +50,7 @@ def plan_profile(
     *,
     layout: Layout | None = None,
     now: datetime | None = None,
+    pass_env: Sequence[str] = (),
 ) -> tuple[Plan, ResolvedProfile]:
     """Resolve profile ``name`` (default: reverse-text) with ``settings`` and plan one run.
 
@@ -60,6 +61,7 @@ def plan_profile(
     plan = build_plan(
         profile, catalogue(paths.price_overrides()),
         now=now or datetime.now(UTC), token=secrets.token_hex(2), layout=layout,
+        pass_env=tuple(pass_env),
     )
     return plan, profile
 

@@ -18,10 +18,7 @@ def get_backend(name: str, index: RunIndex) -> Backend:
 
         return LocalBackend(index)
     if name == "modal":
-        from primerl_modal.errors import NotReadyError
+        from primerl_modal.backends.modal_backend import ModalBackend
 
-        raise NotReadyError(
-            "launching lands with the Modal backend, which this build of prm does not have yet",
-            "use --dry-run to see the plan, or --backend local on a GPU machine",
-        )
+        return ModalBackend(index)
     raise PrmError(f"unknown backend {name!r}", "use modal or local")

@@ -116,6 +116,12 @@ def run(
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="Return once launched; do not follow logs.")
     ] = False,
+    pass_env: Annotated[
+        list[str] | None,
+        typer.Option("--env", metavar="KEY",
+                     help="Send this local environment variable to the run as a secret "
+                          "(repeatable; never written anywhere)."),
+    ] = None,
     resume: Annotated[
         str | None,
         typer.Option("--resume", metavar="RUN",
@@ -153,7 +159,7 @@ def run(
     ) + ([Setting("backend.kind", backend, "--backend")] if backend else [])
     if explain and not dry_run:
         raise UsageError("--explain goes with --dry-run", "add --dry-run")
-    plan, resolved = plan_profile(profile, settings)
+    plan, resolved = plan_profile(profile, settings, pass_env=pass_env or ())
     if dry_run:
         from primerl_modal.ui import console
 

@@ -86,6 +86,7 @@ class Plan:
     cpu: float | None = None
     memory_mb: int | None = None
     ckpt_interval: int | None = None
+    pass_env: tuple[str, ...] = ()  # local variables sent as a per-run secret (names only)
     warnings: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -143,6 +144,7 @@ class Plan:
             "cpu": self.cpu,
             "memory_mb": self.memory_mb,
             "ckpt_interval": self.ckpt_interval,
+            "pass_env": list(self.pass_env),
             "warnings": list(self.warnings),
             "sources": dict(self.sources),
         }
@@ -171,6 +173,7 @@ def build_plan(
     token: str,
     layout: Layout = MODAL_LAYOUT,
     read_text: Callable[[Path], str] = lambda p: p.read_text(encoding="utf-8"),
+    pass_env: tuple[str, ...] = (),
 ) -> Plan:
     """The plan for one run of ``profile``; ``now`` and ``token`` make the run id.
 
@@ -190,6 +193,9 @@ def build_plan(
             f"timeout {g('modal.timeout')} is over Modal's 24h limit for one attempt",
             "use --timeout 24h or less; retries resume from checkpoints, so a run can go longer",
         )
+    for name in pass_env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise PlanError(f"--env {name!r} is not a variable name", "write --env HF_TOKEN")
     retries = g("modal.retries")
     if not 0 <= retries <= MAX_RETRIES:
         raise PlanError(f"retries must be between 0 and {MAX_RETRIES}, got {retries}")
@@ -268,6 +274,36 @@ def build_plan(
         cpu=g("modal.cpu"),
         memory_mb=g("modal.memory"),
         ckpt_interval=g("prime_rl.ckpt_interval"),
+        pass_env=tuple(dict.fromkeys(pass_env)),
         warnings=tuple(warnings),
         sources=dict(profile.sources),
+    )
+
+
+def plan_from_json(data: Mapping[str, Any]) -> Plan:
+    """A plan back from ``Plan.to_json(with_input_texts=True)`` (a run's plan.json)."""
+    g = data["gpu"]
+    gpus = GpuPlan(
+        type=g["type"], count=g["count"], trainer=g["trainer"], inference=g["inference"],
+        tp=g["tp"], dp=g["dp"], trainer_gpu_ids=tuple(g["trainer_gpu_ids"]),
+        inference_gpu_ids=tuple(g["inference_gpu_ids"]), memory_gb=g["memory_gb"],
+        usd_per_gpu_hour=g["usd_per_gpu_hour"],
+    )
+    w, image = data["wandb"], data["image"]
+    return Plan(
+        run_id=data["run_id"], backend=data["backend"], profile=data["profile"],
+        profile_path=data["profile_path"], dialect=data["dialect"],
+        experiment=data["experiment"], tags=tuple(data["tags"]), metric=data["metric"],
+        gpu=gpus, argv=tuple(data["argv"]), launcher=tuple(data["launcher"]),
+        workdir=data["workdir"], outputs_root=data["outputs_root"], env=data["env"],
+        secrets=tuple(data["secrets"]), volumes=data["volumes"], timeout_s=data["timeout_s"],
+        retries=data["retries"], cost=Cost(**data["cost"]), repo=image["repo"],
+        ref=image["ref"], base_image=image["base"], local_code=image["local_code"],
+        configs=data["configs"],
+        inputs=tuple(InputFile(i["role"], i["source"], i["path"], i["sha256"], i.get("text", ""))
+                     for i in data["inputs"]),
+        wandb=cmdline.Wandb(w["project"], w["name"], w["entity"], w["group"]),
+        region=data["region"], cpu=data["cpu"], memory_mb=data["memory_mb"],
+        ckpt_interval=data["ckpt_interval"], pass_env=tuple(data.get("pass_env", ())),
+        warnings=tuple(data["warnings"]), sources=data["sources"],
     )

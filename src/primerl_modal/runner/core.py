@@ -37,6 +37,8 @@ class RunnerOptions:
     grace: float = 25.0
     retry_expected: bool = False  # a failed or interrupted attempt will be retried
     poll: float = 0.25
+    # Whether `prm stop` asked for this stop (else a signal means preemption or shutdown).
+    stop_requested: Callable[[Path], bool] = stop_requested
 
 
 def has_artifacts(run_dir: Path) -> bool:
@@ -96,7 +98,7 @@ class Runner:
 
     def run(self) -> int:
         argv = self.prepare()
-        if stop_requested(self.meta_dir) and self.state.attempt == 0:
+        if self.options.stop_requested(self.meta_dir) and self.state.attempt == 0:
             self.state.set_status(st.STOPPED, "stopped before it started")
             self.commit()
             return 143
@@ -180,7 +182,7 @@ class Runner:
             name = signal.Signals(self.signal).name
             sink.emit("runner", [f"received {name}; the launcher exited with {code}"])
             self.state.event("signal_received", signal=name)
-            if stop_requested(self.meta_dir):
+            if self.options.stop_requested(self.meta_dir):
                 outcome, note = st.STOPPED, "stopped by prm stop"
             elif self.options.retry_expected:
                 outcome, note = st.RECOVERING, f"{name} (preempted?); a retry will resume"

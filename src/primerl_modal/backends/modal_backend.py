@@ -1,0 +1,248 @@
+"""The Modal backend: one detached ephemeral app per run, whose one function call runs the
+runner on the run's GPUs. The only client-side module that imports modal."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+import modal
+import modal.exception
+
+from primerl_modal.backends import modal_remote
+from primerl_modal.backends.base import apply_status, new_record
+from primerl_modal.core import status as st
+from primerl_modal.core.image_spec import OVERLAY_IGNORE, ImageSpec, image_spec
+from primerl_modal.core.plan import META_DIR, MODAL_LAYOUT, Layout, Plan
+from primerl_modal.core.profile import ResolvedProfile
+from primerl_modal.errors import PrmError
+from primerl_modal.run_index import RunIndex, RunRecord
+from primerl_modal.runner.state import STOP_MARKER
+
+SECRET_KEYS = {"wandb": "WANDB_API_KEY", "huggingface": "HF_TOKEN"}
+STOP_WAIT_S = 60.0
+_POLL_S = 2.0
+
+
+@contextlib.contextmanager
+def modal_errors() -> Iterator[None]:
+    """Modal's exceptions as one-line PrmErrors with the fix."""
+    try:
+        yield
+    except modal.exception.AuthError as e:
+        raise PrmError(f"Modal refused the token ({e})",
+                       "run `modal setup` to log in again") from None
+    except modal.exception.NotFoundError as e:
+        text = str(e)
+        secret = next((name for name in _quoted(text)), None)
+        if "Secret" in text and secret:
+            key = SECRET_KEYS.get(secret, "KEY")
+            raise PrmError(
+                f"Modal secret {secret!r} does not exist",
+                f"create it with `modal secret create {secret} {key}=...`, or remove it from "
+                "[modal] secrets",
+            ) from None
+        raise PrmError(f"Modal: {text}") from None
+    except modal.exception.Error as e:
+        raise PrmError(f"Modal: {type(e).__name__}: {e}") from None
+
+
+def _quoted(text: str) -> list[str]:
+    parts = text.split("'")
+    return [parts[i] for i in range(1, len(parts), 2)]
+
+
+def require_token() -> None:
+    """Fail at once, without touching the network, when no Modal token is configured."""
+    from modal.config import config
+
+    if not (config.get("token_id") and config.get("token_secret")):
+        raise PrmError("no Modal token is configured",
+                       "run `modal setup` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)")
+
+
+def to_modal_image(spec: ImageSpec) -> modal.Image:
+    image = modal.Image.from_registry(spec.base, add_python=spec.python).apt_install(*spec.apt)
+    for layer in spec.layers:
+        image = image.run_commands(" && ".join(layer))
+    image = image.env(dict(spec.env)).workdir(spec.workdir)
+    # Attached at container start (copy=False): editing them rebuilds nothing.
+    for local, remote in spec.overlays:
+        image = image.add_local_dir(local, remote, copy=False, ignore=list(OVERLAY_IGNORE))
+    return image.add_local_python_source("primerl_modal", copy=False)
+
+
+def run_secrets(plan: Plan) -> list[modal.Secret]:
+    """The plan's named secrets, plus `--env` variables sent for this run only."""
+    secrets = [modal.Secret.from_name(name) for name in plan.secrets]
+    if plan.pass_env:
+        missing = [k for k in plan.pass_env if k not in os.environ]
+        if missing:
+            raise PrmError(f"--env {missing[0]}: {missing[0]} is not set in this shell",
+                           f"export {missing[0]}=... first, or drop --env {missing[0]}")
+        secrets.append(modal.Secret.from_dict({k: os.environ[k] for k in plan.pass_env}))
+    return secrets
+
+
+def tags_of(run_id: str, sweep_id: str | None) -> dict[str, str]:
+    return {"prm-run": run_id, **({"prm-sweep": sweep_id} if sweep_id else {})}
+
+
+class ModalBackend:
+    name = "modal"
+
+    def __init__(self, index: RunIndex) -> None:
+        self.index = index
+
+    def layout(self, profile: ResolvedProfile) -> Layout:
+        return MODAL_LAYOUT
+
+    def _volume(self, name: str) -> modal.Volume:
+        return modal.Volume.from_name(name, create_if_missing=True, version=2)
+
+    def define(self, plan: Plan, sweep_id: str | None = None,
+               max_containers: int | None = None) -> tuple[modal.App, Any]:
+        """The app and function of one run (defining them makes no network call)."""
+        app = modal.App(plan.run_id, tags=tags_of(plan.run_id, sweep_id))
+        volumes = {
+            "/outputs": self._volume(plan.volumes["/outputs"]),
+            "/cache": modal.Volume.from_name(plan.volumes["/cache"], create_if_missing=True),
+        }
+        retries = (modal.Retries(max_retries=plan.retries, backoff_coefficient=1.0,
+                                 initial_delay=10.0) if plan.retries else None)
+        function = app.function(
+            image=to_modal_image(image_spec(plan)), gpu=plan.gpu.modal_gpu,
+            timeout=plan.timeout_s, retries=retries, volumes=volumes,  # type: ignore[arg-type]
+            secrets=run_secrets(plan), env=dict(plan.env) or None, cpu=plan.cpu,
+            memory=plan.memory_mb, region=plan.region, max_containers=max_containers,
+        )(modal_remote.run_remote)
+        return app, function
+
+    def launch(self, plan: Plan, *, sweep_id: str | None = None) -> RunRecord:
+        require_token()
+        with modal_errors():
+            app, function = self.define(plan, sweep_id)
+            plan_json = plan.to_json(with_input_texts=True)
+            self._upload(plan.volumes["/outputs"],
+                         {"plan.json": json.dumps(plan_json, indent=1).encode()}, plan.run_id)
+            with app.run(name=plan.run_id, detach=True):
+                call = function.spawn(plan_json)
+                app_id, call_id = app.app_id, call.object_id
+        record = new_record(plan, plan.volumes["/outputs"], sweep_id)
+        record.app_id, record.call_id = app_id, call_id
+        self.index.upsert(record)
+        return record
+
+    def _upload(self, volume: str, files: dict[str, bytes], run_id: str) -> None:
+        with self._volume(volume).batch_upload(force=True) as batch:
+            for name, data in files.items():
+                batch.put_file(io.BytesIO(data), f"/{META_DIR}/{run_id}/{name}")
+
+    def read_status(self, record: RunRecord) -> dict[str, Any] | None:
+        try:
+            data = b"".join(self._volume(record.outputs).read_file(
+                f"{META_DIR}/{record.run_id}/status.json"))
+        except modal.exception.NotFoundError:
+            return None
+        try:
+            status = json.loads(data)
+        except ValueError:
+            return None
+        return status if isinstance(status, dict) else None
+
+    def _live_apps(self) -> set[str]:
+        return {a.app_id for a in modal.Environment.from_context().apps.list() if a.app_id}
+
+    def refresh(self, records: list[RunRecord]) -> list[RunRecord]:
+        pending = [r for r in records if not st.is_final(r.status)]
+        if not pending:
+            return records
+        require_token()
+        with modal_errors():
+            live = self._live_apps()
+            for record in pending:
+                self._refresh_one(record, record.app_id in live)
+        return records
+
+    def _refresh_one(self, record: RunRecord, app_alive: bool) -> RunRecord:
+        status = self.read_status(record)
+        if status:
+            apply_status(record, status)
+        if not app_alive and not st.is_final(record.status):
+            record.status = st.LOST
+            record.note = "the Modal app is gone and the run never wrote a final status"
+            record.ended_at = record.ended_at or time.time()
+        self.index.upsert(record)
+        return record
+
+    def stop(self, record: RunRecord) -> str:
+        self.refresh([record])
+        if st.is_final(record.status):
+            return f"{record.run_id} is already {record.status}; nothing to stop"
+        with modal_errors():
+            self._upload(record.outputs, {STOP_MARKER: str(time.time()).encode()},
+                         record.run_id)
+            if record.call_id:
+                modal.FunctionCall.from_id(record.call_id).cancel(terminate_containers=True)
+            deadline = time.monotonic() + STOP_WAIT_S
+            while time.monotonic() < deadline:
+                status = self.read_status(record) or {}
+                if st.is_final(status.get("status", "")):
+                    break
+                time.sleep(_POLL_S / 4)
+            if record.app_id:  # the run is over: let its app go too
+                with contextlib.suppress(modal.exception.Error):
+                    modal.App.lookup(record.app_id).stop()
+            self._refresh_one(record, app_alive=False)
+        return f"{record.run_id} {record.status}"
+
+    def resume(self, record: RunRecord) -> RunRecord:
+        self.refresh([record])
+        if record.status not in st.RESUMABLE:
+            raise PrmError(
+                f"{record.run_id} is {record.status}; only FAILED, STOPPED or LOST runs resume",
+                f"follow it with `prm logs {record.run_id} -f`"
+                if not st.is_final(record.status) else "launch a new run instead",
+            )
+        plan = self._stored_plan(record)
+        require_token()
+        with modal_errors():
+            volume = self._volume(record.outputs)
+            with contextlib.suppress(modal.exception.NotFoundError):
+                volume.remove_file(f"{META_DIR}/{record.run_id}/{STOP_MARKER}")
+            app, function = self.define(plan, record.sweep_id)
+            with app.run(name=plan.run_id, detach=True):
+                call = function.spawn(plan.to_json(with_input_texts=True))
+                record.app_id, record.call_id = app.app_id, call.object_id
+        record.status, record.ended_at, record.note = st.PENDING, None, "resume requested"
+        self.index.upsert(record)
+        return record
+
+    def _stored_plan(self, record: RunRecord) -> Plan:
+        from primerl_modal.core.plan import plan_from_json
+
+        with modal_errors():
+            data = b"".join(self._volume(record.outputs).read_file(
+                f"{META_DIR}/{record.run_id}/plan.json"))
+        return plan_from_json(json.loads(data))
+
+    def follow(self, record: RunRecord, out: TextIO) -> RunRecord:
+        """Modal's live log stream of the run's function call: the runner's prefixed lines."""
+        if not record.call_id:
+            return record
+        with modal_errors():
+            call = modal.FunctionCall.from_id(record.call_id)
+            for entry in call.logs.stream():
+                text = entry.message
+                out.write(text if text.endswith("\n") else text + "\n")
+                out.flush()
+            while True:
+                self.refresh([record])
+                if st.is_final(record.status):
+                    return record
+                time.sleep(_POLL_S)
