@@ -24,6 +24,8 @@ from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunIndex, RunRecord
 from primerl_modal.runner.state import STOP_MARKER
 
+# A missing volume path: the client raises the builtin for it, the server NotFoundError.
+MISSING = (FileNotFoundError, modal.exception.NotFoundError)
 SECRET_KEYS = {"wandb": "WANDB_API_KEY", "huggingface": "HF_TOKEN"}
 STOP_WAIT_S = 60.0
 _POLL_S = 2.0
@@ -147,7 +149,7 @@ class ModalBackend:
         try:
             data = b"".join(self._volume(record.outputs).read_file(
                 f"{META_DIR}/{record.run_id}/status.json"))
-        except modal.exception.NotFoundError:
+        except MISSING:
             return None
         try:
             status = json.loads(data)
@@ -213,7 +215,7 @@ class ModalBackend:
         require_token()
         with modal_errors():
             volume = self._volume(record.outputs)
-            with contextlib.suppress(modal.exception.NotFoundError):
+            with contextlib.suppress(*MISSING):
                 volume.remove_file(f"{META_DIR}/{record.run_id}/{STOP_MARKER}")
             app, function = self.define(plan, record.sweep_id)
             with app.run(name=plan.run_id, detach=True):
@@ -226,9 +228,13 @@ class ModalBackend:
     def _stored_plan(self, record: RunRecord) -> Plan:
         from primerl_modal.core.plan import plan_from_json
 
+        path = f"{META_DIR}/{record.run_id}/plan.json"
         with modal_errors():
-            data = b"".join(self._volume(record.outputs).read_file(
-                f"{META_DIR}/{record.run_id}/plan.json"))
+            try:
+                data = b"".join(self._volume(record.outputs).read_file(path))
+            except MISSING:
+                raise PrmError(f"{record.run_id} has no {path} on volume {record.outputs}",
+                               "it cannot be resumed; launch it again") from None
         return plan_from_json(json.loads(data))
 
     def follow(self, record: RunRecord, out: TextIO) -> RunRecord:

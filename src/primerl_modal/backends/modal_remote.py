@@ -34,9 +34,9 @@ def run_remote(plan: dict[str, Any]) -> int:
         try:
             for _ in volume.read_file(f"{META_DIR}/{run_id}/{STOP_MARKER}"):
                 pass
-        except modal.exception.NotFoundError:
+        except (FileNotFoundError, modal.exception.NotFoundError):
             return False
-        except Exception:
+        except modal.exception.Error:  # Modal unreachable: trust what the mount shows
             return (outputs / META_DIR / run_id / STOP_MARKER).exists()
         return True
 

@@ -1,0 +1,79 @@
+"""Runs one function input in a subprocess, the way a Modal container would.
+
+Started by the executor as ``python -u -c <bootstrap> <this file> <spec.json>``. It imports the
+function's module (or unpickles a serialized function), calls the raw function with the
+deserialized arguments and writes a pickled result dict to ``spec["output_path"]``. It only
+imports the standard library and ``modal``: never the fake server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import json
+import os
+import pickle
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+
+def _load_function(spec: dict[str, Any]) -> Callable[..., Any]:
+    from modal._serialization import deserialize
+    from modal._utils.async_utils import synchronizer
+
+    obj: Any
+    if spec.get("serialized_path"):
+        with open(spec["serialized_path"], "rb") as f:
+            obj = deserialize(f.read(), None)
+    else:
+        obj = importlib.import_module(spec["module_name"])
+        for part in spec["function_name"].split("."):
+            obj = getattr(obj, part)
+    # `@app.function` makes a modal.Function: call the user's function that it wraps.
+    raw = getattr(synchronizer._translate_in(obj), "_raw_f", None)
+    return raw if callable(raw) else obj
+
+
+def main(spec_path: str) -> None:
+    from modal._serialization import (
+        deserialize_data_format,
+        pickle_exception,
+        pickle_traceback,
+        serialize_data_format,
+    )
+
+    with open(spec_path) as f:
+        spec = json.load(f)
+    data_format: int = spec["data_format"]
+    result: dict[str, Any]
+    try:
+        with open(spec["input_path"], "rb") as f:
+            args, kwargs = deserialize_data_format(f.read(), data_format, None)
+        value = _load_function(spec)(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = asyncio.run(value)  # type: ignore[arg-type]
+        result = {"status": "success", "data": serialize_data_format(value, data_format)}
+    except Exception as exc:
+        traceback.print_exc()
+        serialized_tb, tb_line_cache = pickle_traceback(exc, spec["task_id"])
+        result = {
+            "status": "failure",
+            "exception": repr(exc),
+            "traceback": traceback.format_exc(),
+            "data": pickle_exception(exc),
+            "serialized_tb": serialized_tb,
+            "tb_line_cache": tb_line_cache,
+        }
+    sys.stdout.flush()
+    sys.stderr.flush()
+    tmp_path = spec["output_path"] + ".tmp"
+    with open(tmp_path, "wb") as f:
+        pickle.dump(result, f)
+    os.replace(tmp_path, spec["output_path"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[-1])

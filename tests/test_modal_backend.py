@@ -1,0 +1,178 @@
+"""`prm run` on Modal, end to end: the real modal client against the fake Modal server in
+tests/fake_modal, the runner executing the fake prime-rl launcher inside the fake's
+"container" subprocess, writing onto the fake outputs volume."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FAKE_RL, wait_for
+from fake_modal.fixture import _fake_modal_server, fake_modal  # noqa: F401
+
+from primerl_modal.planning import run_index
+
+SENTINEL = "wandb-sentinel-5f3c9a1e77"
+
+
+@pytest.fixture
+def modal_env(fake_modal, checkout, fast_fake, monkeypatch):  # noqa: F811
+    """A fake Modal account with the default secrets, and containers that run the fake
+    launcher in the stand-in checkout."""
+    fake_modal.secrets["wandb"] = {"WANDB_API_KEY": SENTINEL}
+    fake_modal.secrets["huggingface"] = {"HF_TOKEN": "hf-not-a-real-token"}
+    fake_modal.grace_s = 10
+    fake_modal.extra_env = {
+        "PRM_OUTPUTS_DIR": str(fake_modal.volume_path("prime-rl-outputs")),
+        "PRM_WORKDIR": str(checkout),
+        "PRM_LAUNCHER": json.dumps([sys.executable, str(FAKE_RL)]),
+        "FAKE_RL_STEP_SECONDS": "0.03",
+        "FAKE_RL_RECORD": str(fast_fake),
+    }
+    return fake_modal
+
+
+def only_function(fake):
+    (fn,) = fake.functions.values()
+    return fn
+
+
+def launched(prm, *args: str) -> str:
+    r = prm("run", *args, "--detach")
+    assert r.code == 0, r.err
+    return r.out.strip()
+
+
+def finished(fake, run_id: str):
+    rec = run_index().get(run_id)
+    fake.wait_call(rec.call_id, timeout=60)
+    from primerl_modal.backends.modal_backend import ModalBackend
+
+    (rec,) = ModalBackend(run_index()).refresh([rec])
+    return rec
+
+
+def argvs(record: Path) -> list[list[str]]:
+    return [json.loads(x)["argv"] for x in record.read_text().splitlines()]
+
+
+def test_detached_launch_asks_modal_for_the_plan(prm, modal_env):
+    run_id = launched(prm, "reverse-text")
+    (app,) = modal_env.apps.values()
+    assert app["tags"] == {"prm-run": run_id}
+    fn = only_function(modal_env)
+    assert fn["gpu"] == "A100-40GB:2"
+    assert fn["timeout_s"] == 2 * 3600
+    assert fn["retries"] == 3
+    assert fn["volumes"] == {"/outputs": "prime-rl-outputs", "/cache": "prime-rl-cache"}
+    assert sorted(fn["secrets"]) == ["huggingface", "wandb"]
+    rec = run_index().get(run_id)
+    assert rec.app_id in modal_env.apps and rec.call_id in modal_env.calls
+    rec = finished(modal_env, run_id)
+    assert rec.status == "SUCCEEDED" and rec.step == 8
+    volume = modal_env.volume_path("prime-rl-outputs")
+    assert (volume / run_id / "metrics.jsonl").exists()
+    assert (volume / "_prm" / run_id / "status.json").exists()
+    assert modal_env.commits  # the runner committed the volume
+
+
+def test_gpu_flags_change_the_request_and_the_split(prm, modal_env, fast_fake):
+    run_id = launched(prm, "reverse-text", "--gpu", "H100:8", "--trainer-ratio", "0.25")
+    assert only_function(modal_env)["gpu"] == "H100:8"
+    finished(modal_env, run_id)
+    (argv,) = argvs(fast_fake)
+    assert argv[argv.index("--deployment.num-train-gpus") + 1] == "2"
+    assert argv[argv.index("--deployment.num-infer-gpus") + 1] == "6"
+
+
+def test_same_profile_same_build_steps_and_local_code_adds_none(prm, modal_env, tmp_path):
+    launched(prm, "reverse-text")
+    launched(prm, "reverse-text")
+    code = tmp_path / "my-prime-rl"
+    (code / "src" / "prime_rl").mkdir(parents=True)
+    (code / "src" / "prime_rl" / "patched.py").write_text("X = 1\n")
+    (code / "configs").mkdir()
+    launched(prm, "reverse-text", "--local-code", str(code))
+    first, second, third = (modal_env.image_commands(f["image_id"])
+                            for f in modal_env.functions.values())
+    assert first == second
+    assert third == first  # the overlay is attached at start, not built in
+    mounted = json.dumps(modal_env.mounts)
+    assert "patched.py" in mounted
+
+
+def test_no_secret_value_is_written_anywhere(prm, modal_env, prm_home, fast_fake):
+    run_id = launched(prm, "reverse-text")
+    finished(modal_env, run_id)
+    places = [json.dumps(modal_env.image_requests), json.dumps(modal_env.functions, default=str),
+              fast_fake.read_text()]
+    volume = modal_env.volume_path("prime-rl-outputs")
+    places += [p.read_text(errors="replace") for p in volume.rglob("*") if p.is_file()]
+    db = sqlite3.connect(prm_home / "index.sqlite3")
+    places += [json.dumps(row) for row in db.execute("SELECT * FROM runs")]
+    assert all(SENTINEL not in text for text in places)
+    assert any("WANDB_API_KEY" in text for text in places)  # names may be recorded
+
+
+def test_attached_run_prints_the_runners_lines_and_exits_with_the_result(prm, modal_env):
+    r = prm("run", "reverse-text")
+    assert r.code == 0, r.err
+    for prefix in ("[runner]", "[launcher]", "[trainer]", "[orchestrator]", "[inference]"):
+        assert prefix in r.out
+    modal_env.extra_env["FAKE_RL_FAIL_AT_STEP"] = "2"
+    r = prm("run", "reverse-text", "--retries", "0")
+    assert r.code == 1
+    assert "FAILED" in r.err and "trainer failed" in r.err
+
+
+def test_a_preempted_attempt_is_retried_and_resumes(prm, modal_env, fast_fake):
+    modal_env.extra_env["FAKE_RL_STEP_SECONDS"] = "0.2"
+    modal_env.preempt_after(seconds=1.5, times=1)
+    run_id = launched(prm, "reverse-text", "--set", "max_steps=12")
+    rec = finished(modal_env, run_id)
+    assert rec.status == "SUCCEEDED" and rec.attempts == 2
+    first, second = argvs(fast_fake)
+    assert "--resume" not in first and "--resume" in second
+    status = json.loads((modal_env.volume_path("prime-rl-outputs") / "_prm" / run_id
+                         / "status.json").read_text())
+    assert [h["status"] for h in status["history"]][1:] == [
+        "RUNNING", "RECOVERING", "RUNNING", "SUCCEEDED"]
+
+
+def test_stop_ends_the_run_stopped_with_files_committed(prm, modal_env):
+    modal_env.extra_env["FAKE_RL_STEP_SECONDS"] = "0.2"
+    run_id = launched(prm, "reverse-text", "--set", "max_steps=200")
+    volume = modal_env.volume_path("prime-rl-outputs")
+    wait_for(lambda: (volume / run_id / "checkpoints").exists(), what="a checkpoint")
+    commits_before = len(modal_env.commits)
+    r = prm("stop", run_id)
+    assert r.code == 0, r.err
+    rec = run_index().get(run_id)
+    assert rec.status == "STOPPED"
+    assert len(modal_env.commits) > commits_before
+    assert "already STOPPED" in prm("stop", run_id).err
+    modal_env.extra_env["FAKE_RL_STEP_SECONDS"] = "0.01"
+    r = prm("run", "--resume", run_id)
+    assert r.code == 0, r.err
+    assert run_index().get(run_id).status == "SUCCEEDED"
+
+
+def test_missing_secret_names_the_command_that_creates_it(prm, modal_env):
+    del modal_env.secrets["huggingface"]
+    r = prm("run", "reverse-text", "--detach")
+    assert r.code == 1
+    assert "modal secret create huggingface HF_TOKEN=" in r.err
+    assert run_index().list() == []
+
+
+def test_env_flag_sends_a_value_for_this_run_only(prm, modal_env, monkeypatch):
+    monkeypatch.setenv("MY_PRIVATE_TOKEN", "tok-sentinel-123")
+    run_id = launched(prm, "reverse-text", "--env", "MY_PRIVATE_TOKEN")
+    assert "MY_PRIVATE_TOKEN" in json.dumps(only_function(modal_env)["secrets"])
+    finished(modal_env, run_id)
+    volume = modal_env.volume_path("prime-rl-outputs")
+    assert all("tok-sentinel-123" not in p.read_text(errors="replace")
+               for p in volume.rglob("*") if p.is_file())
