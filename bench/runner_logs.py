@@ -57,7 +57,7 @@ def main() -> None:
                       "--outputs-root", str(out)]
             seconds, _ = timed_lines(runner, env)
             log = out / "_prm" / run_id / "logs" / "attempt_1.log"
-            forwarded = sum(1 for line in log.open("rb") if line.startswith(b"[launcher] line "))
+            forwarded = sum(1 for line in log.open("rb") if b" [launcher] line " in line)
             assert forwarded == args.lines, f"runner forwarded {forwarded} of {args.lines}"
             runner_rates.append(forwarded / seconds)
             seconds, n = timed_lines([sys.executable, str(FAKE)], env)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from conftest import wait_for
 
+from primerl_modal.core.logs import parse_attempt_log
 from primerl_modal.core.profile import Setting, parse_set
 from primerl_modal.planning import plan_profile
 from primerl_modal.runner.core import RunnerOptions, run
@@ -62,7 +63,9 @@ def test_success_forwards_every_component_and_tracks_progress(local_profile, fas
     run_dir = Path(plan["run_dir"])
     assert (run_dir / "metrics.jsonl").exists() and (run_dir / "checkpoints" / "step_8").is_dir()
     meta = Path(plan["meta_dir"])
-    assert (meta / "logs" / "attempt_1.log").read_text() == text
+    stored = list(parse_attempt_log((meta / "logs" / "attempt_1.log").read_text(), 1))
+    assert [line.render() for line in stored] == text.splitlines()
+    assert all(isinstance(line.t, float) for line in stored)  # each stored line has its time
     assert not (run_dir / "_prm").exists()  # prm's files never sit in prime-rl's run dir
     assert len(commits) >= 2  # on the cadence, and once at the end
     events = [json.loads(x)["event"] for x in (meta / "events.jsonl").read_text().splitlines()]

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol
 
 from primerl_modal.core import status as st
+from primerl_modal.core.logs import LogLine
 from primerl_modal.core.plan import Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
+from primerl_modal.core.selection import RemoteFile
 from primerl_modal.run_index import RunRecord
 from primerl_modal.runner.state import read_json
+from primerl_modal.transfer import Source
 
 
 class Backend(Protocol):
@@ -37,8 +40,24 @@ class Backend(Protocol):
         """Relaunch a FAILED, STOPPED or LOST run as a new attempt under the same id."""
         ...
 
-    def follow(self, record: RunRecord, out: TextIO) -> RunRecord:
-        """Print the run's prefixed lines as they come until it ends; the final record."""
+    def read_meta(self, record: RunRecord, name: str) -> bytes | None:
+        """A file of the run's metadata folder (plan.json, status.json, ...), if it exists."""
+        ...
+
+    def stored_logs(self, record: RunRecord) -> Iterator[LogLine]:
+        """Every attempt's lines as the runner stored them (they outlive log services)."""
+        ...
+
+    def live_logs(self, record: RunRecord, after: float | None = None) -> Iterator[LogLine]:
+        """New lines as they come until the run is final (those stamped <= ``after`` skipped)."""
+        ...
+
+    def discover(self, known: set[str]) -> list[RunRecord]:
+        """Runs in this backend's outputs that the index does not know (added to it)."""
+        ...
+
+    def files(self, record: RunRecord) -> tuple[list[RemoteFile], Source]:
+        """The run's files (prime-rl's run dir, and prm's under _prm/) and how to fetch them."""
         ...
 
 
@@ -74,3 +93,17 @@ def apply_status(record: RunRecord, status: Mapping[str, Any]) -> RunRecord:
 
 def read_status(meta_dir: str | Path) -> dict[str, Any] | None:
     return read_json(Path(meta_dir) / "status.json")
+
+
+def record_from_stored(plan_json: Mapping[str, Any], status: Mapping[str, Any] | None,
+                       outputs: str) -> RunRecord:
+    """An index record rebuilt from a run's plan.json and status.json (`prm ls --all`)."""
+    from primerl_modal.core.plan import plan_from_json
+
+    record = new_record(plan_from_json(plan_json), outputs, plan_json.get("sweep_id"))
+    if status:
+        history = status.get("history") or []
+        if history:
+            record.created_at = history[0].get("at", record.created_at)
+        apply_status(record, status)
+    return record

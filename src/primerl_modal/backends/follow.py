@@ -3,36 +3,34 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
 
 from primerl_modal.backends.base import read_status
 from primerl_modal.core import status as st
+from primerl_modal.core.logs import LogLine, parse_stored
 from primerl_modal.run_index import RunRecord
 
 _REFRESH_S = 2.0
 
 
-def _drain(path: Path, offset: int, out: TextIO) -> int:
+def _read_new(path: Path, offset: int) -> tuple[list[str], int]:
+    """Whole lines appended to ``path`` since ``offset``; the rest waits for the next read."""
     try:
         with open(path, "rb") as f:
             f.seek(offset)
             data = f.read()
     except FileNotFoundError:
-        return offset
-    cut = data.rfind(b"\n") + 1  # whole lines only; the rest comes with the next read
-    if cut:
-        out.write(data[:cut].decode("utf-8", "replace"))
-        out.flush()
-    return offset + cut
+        return [], offset
+    cut = data.rfind(b"\n") + 1
+    return data[:cut].decode("utf-8", "replace").splitlines(), offset + cut
 
 
-def follow_files(record: RunRecord, out: TextIO, refresh: Callable[[], RunRecord],
-                 poll: float = 0.2) -> RunRecord:
-    """Print the current (or next) attempt's lines as they are written, moving on to later
-    attempts, until the run is final. ``refresh`` re-reads the run (and notices a lost
-    runner); it is called every couple of seconds."""
+def follow_attempt_logs(record: RunRecord, refresh: Callable[[], RunRecord],
+                        after: float | None = None, poll: float = 0.2) -> Iterator[LogLine]:
+    """Lines of the current (or next) attempt as they are written, moving on to later
+    attempts, until the run is final. Lines stamped at or before ``after`` are skipped.
+    ``refresh`` re-reads the run (noticing a lost runner) every couple of seconds."""
     meta = Path(record.meta_dir)
     status = read_status(meta) or {}
     attempt = int(status.get("attempt", 0))
@@ -41,14 +39,18 @@ def follow_files(record: RunRecord, out: TextIO, refresh: Callable[[], RunRecord
     last_refresh = time.monotonic()
     while True:
         final = st.is_final(str(status.get("status", "")))
-        offset = _drain(meta / "logs" / f"attempt_{n}.log", offset, out)
+        raw, offset = _read_new(meta / "logs" / f"attempt_{n}.log", offset)
+        for text in raw:
+            line = parse_stored(text, n)
+            if after is None or line.t is None or line.t > after:
+                yield line
         if int(status.get("attempt", 0)) > n:
             n, offset = n + 1, 0
             continue
         if final:
-            return refresh()
+            return
         time.sleep(poll)
         if time.monotonic() - last_refresh >= _REFRESH_S:
-            record = refresh()
+            refresh()
             last_refresh = time.monotonic()
         status = read_status(meta) or status

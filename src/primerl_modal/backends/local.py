@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -9,23 +10,29 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 from primerl_modal import paths
-from primerl_modal.backends.base import apply_status, new_record, read_status
+from primerl_modal.backends.base import apply_status, new_record, read_status, record_from_stored
+from primerl_modal.backends.follow import follow_attempt_logs
 from primerl_modal.core import status as st
 from primerl_modal.core.cmdline import LAUNCHER
-from primerl_modal.core.plan import Layout, Plan
+from primerl_modal.core.logs import LogLine, parse_attempt_log
+from primerl_modal.core.plan import META_DIR, Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
+from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunIndex, RunRecord
 from primerl_modal.runner.state import (
     STOP_MARKER,
     RunState,
+    read_json,
     request_stop,
     write_json_atomic,
 )
+from primerl_modal.transfer import Source
 from primerl_modal.ui.console import warn
 
 STOP_WAIT_S = 40.0  # the runner's grace (25 s) plus time to commit
@@ -205,7 +212,62 @@ class LocalBackend:
         self.index.upsert(record)
         return record
 
-    def follow(self, record: RunRecord, out: TextIO) -> RunRecord:
-        from primerl_modal.backends.follow import follow_files
+    def read_meta(self, record: RunRecord, name: str) -> bytes | None:
+        try:
+            return (Path(record.meta_dir) / name).read_bytes()
+        except FileNotFoundError:
+            return None
 
-        return follow_files(record, out, lambda: self._refresh_one(record))
+    def stored_logs(self, record: RunRecord) -> Iterator[LogLine]:
+        for n, path in attempt_logs(Path(record.meta_dir) / "logs"):
+            yield from parse_attempt_log(path.read_text(errors="replace"), n)
+
+    def live_logs(self, record: RunRecord, after: float | None = None) -> Iterator[LogLine]:
+        return follow_attempt_logs(record, lambda: self._refresh_one(record), after)
+
+    def discover(self, known: set[str]) -> list[RunRecord]:
+        roots = {str(paths.prm_home() / "outputs")}
+        roots |= {r.outputs for r in self.index.list() if r.backend == self.name}
+        found = []
+        for root in sorted(roots):
+            for plan_path in sorted(Path(root).glob(f"{META_DIR}/*/plan.json")):
+                run_id = plan_path.parent.name
+                plan = read_json(plan_path)
+                if run_id in known or not plan or plan.get("backend") != self.name:
+                    continue
+                record = record_from_stored(plan, read_status(plan_path.parent), root)
+                self.index.upsert(record)
+                found.append(record)
+        return found
+
+    def files(self, record: RunRecord) -> tuple[list[RemoteFile], Source]:
+        items = []
+        for base, prefix in ((Path(record.run_dir), ""), (Path(record.meta_dir), "_prm/")):
+            for path in sorted(base.rglob("*")) if base.is_dir() else []:
+                if path.is_file() and not path.is_symlink():
+                    stat = path.stat()
+                    rel = path.relative_to(base).as_posix()
+                    items.append(RemoteFile(str(path), prefix + rel, stat.st_size, stat.st_mtime))
+        return items, LocalSource()
+
+
+def attempt_logs(logs: Path) -> list[tuple[int, Path]]:
+    """(attempt number, path) of every attempt log, in attempt order."""
+    found = []
+    for path in logs.glob("attempt_*.log"):
+        number = path.stem.removeprefix("attempt_")
+        if number.isdigit():
+            found.append((int(number), path))
+    return sorted(found)
+
+
+class LocalSource:
+    async def fetch(self, item: RemoteFile, out: IO[bytes],
+                    progress: Callable[[int], None]) -> None:
+        def copy() -> None:
+            with open(item.remote, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    out.write(chunk)
+                    progress(len(chunk))
+
+        await asyncio.to_thread(copy)

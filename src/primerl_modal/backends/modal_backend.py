@@ -7,22 +7,28 @@ import contextlib
 import io
 import json
 import os
+import re
 import time
-from collections.abc import Iterator
-from typing import Any, TextIO
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
 
 import modal
 import modal.exception
+from modal.types import FileEntryType
 
 from primerl_modal.backends import modal_remote
-from primerl_modal.backends.base import apply_status, new_record
+from primerl_modal.backends.base import apply_status, new_record, record_from_stored
 from primerl_modal.core import status as st
 from primerl_modal.core.image_spec import OVERLAY_IGNORE, ImageSpec, image_spec
+from primerl_modal.core.logs import LogLine, parse_attempt_log, parse_prefixed
 from primerl_modal.core.plan import META_DIR, MODAL_LAYOUT, Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
+from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunIndex, RunRecord
 from primerl_modal.runner.state import STOP_MARKER
+from primerl_modal.transfer import Source
 
 # A missing volume path: the client raises the builtin for it, the server NotFoundError.
 MISSING = (FileNotFoundError, modal.exception.NotFoundError)
@@ -237,18 +243,115 @@ class ModalBackend:
                                "it cannot be resumed; launch it again") from None
         return plan_from_json(json.loads(data))
 
-    def follow(self, record: RunRecord, out: TextIO) -> RunRecord:
-        """Modal's live log stream of the run's function call: the runner's prefixed lines."""
-        if not record.call_id:
-            return record
+    def read_meta(self, record: RunRecord, name: str) -> bytes | None:
+        require_token()
         with modal_errors():
-            call = modal.FunctionCall.from_id(record.call_id)
-            for entry in call.logs.stream():
-                text = entry.message
-                out.write(text if text.endswith("\n") else text + "\n")
-                out.flush()
-            while True:
+            try:
+                return b"".join(self._volume(record.outputs).read_file(
+                    f"{META_DIR}/{record.run_id}/{name}"))
+            except MISSING:
+                return None
+
+    def stored_logs(self, record: RunRecord) -> Iterator[LogLine]:
+        require_token()
+        with modal_errors():
+            volume = self._volume(record.outputs)
+            try:
+                entries = volume.listdir(f"{META_DIR}/{record.run_id}/logs")
+            except MISSING:
+                return
+            attempts = sorted((int(num), e.path) for e in entries
+                              if (num := Path(e.path).stem.removeprefix("attempt_")).isdigit())
+            for n, path in attempts:
+                text = b"".join(volume.read_file(path)).decode("utf-8", "replace")
+                yield from parse_attempt_log(text, n)
+
+    def live_logs(self, record: RunRecord, after: float | None = None) -> Iterator[LogLine]:
+        """Modal's live log stream of the run's call: the runner's stdout, line by line."""
+        if not record.call_id:
+            return
+        require_token()
+        attempt = max(record.attempts, 1)
+        with modal_errors():
+            for entry in modal.FunctionCall.from_id(record.call_id).logs.stream():
+                t = entry.timestamp.timestamp() if entry.timestamp else None
+                for text in entry.message.splitlines():
+                    line = parse_prefixed(text, t, attempt)
+                    if line.component == "runner" and (m := _ATTEMPT.search(line.text)):
+                        attempt = int(m.group(1))
+                        line = parse_prefixed(text, t, attempt)
+                    if after is None or t is None or t > after:
+                        yield line
+            while not st.is_final(record.status):  # the stream ends with the app
                 self.refresh([record])
-                if st.is_final(record.status):
-                    return record
-                time.sleep(_POLL_S)
+                if not st.is_final(record.status):
+                    time.sleep(_POLL_S)
+
+    def _outputs_volumes(self) -> set[str]:
+        from primerl_modal.core.schema import BY_DOTTED
+
+        names = {BY_DOTTED["modal.outputs_volume"].default}
+        return names | {r.outputs for r in self.index.list() if r.backend == self.name}
+
+    def discover(self, known: set[str]) -> list[RunRecord]:
+        require_token()
+        found = []
+        with modal_errors():
+            for name in sorted(self._outputs_volumes()):
+                volume = self._volume(name)
+                try:
+                    entries = volume.listdir(META_DIR)
+                except MISSING:
+                    continue
+                for entry in entries:
+                    run_id = Path(entry.path).name
+                    if run_id in known:
+                        continue
+                    probe = RunRecord(**{**_BLANK, "run_id": run_id, "outputs": name})
+                    plan_bytes = self.read_meta(probe, "plan.json")
+                    if not plan_bytes:
+                        continue
+                    status = self.read_meta(probe, "status.json")
+                    record = record_from_stored(json.loads(plan_bytes),
+                                                json.loads(status) if status else None, name)
+                    self.index.upsert(record)
+                    found.append(record)
+        return found
+
+    def files(self, record: RunRecord) -> tuple[list[RemoteFile], Source]:
+        require_token()
+        volume = self._volume(record.outputs)
+        items = []
+        with modal_errors():
+            for root, prefix in ((record.run_id, ""), (f"{META_DIR}/{record.run_id}", "_prm/")):
+                try:
+                    entries = list(volume.iterdir(root, recursive=True))
+                except MISSING:
+                    continue
+                for e in entries:
+                    if e.type == FileEntryType.FILE:
+                        rel = e.path.lstrip("/").removeprefix(root).lstrip("/")
+                        items.append(RemoteFile(e.path, prefix + rel, e.size, float(e.mtime)))
+        return items, ModalSource(volume)
+
+
+class ModalSource:
+    def __init__(self, volume: modal.Volume) -> None:
+        self.volume = volume
+
+    async def fetch(self, item: RemoteFile, out: IO[bytes],
+                    progress: Callable[[int], None]) -> None:
+        def on_progress(advance: int = 0, **_: Any) -> None:
+            if advance:
+                progress(advance)
+
+        await self.volume.read_file_into_fileobj.aio(item.remote, out, progress_cb=on_progress)
+
+
+_ATTEMPT = re.compile(r": attempt (\d+)$")
+_BLANK: dict[str, Any] = {
+    "name": "", "profile": "", "backend": "modal", "status": st.PENDING, "created_at": 0.0,
+    "updated_at": 0.0, "gpu_type": "", "gpu_count": 0, "trainer": 0, "inference": 0, "tp": 0,
+    "dp": 0, "usd_per_gpu_hour": 0.0, "timeout_s": 0, "retries": 0, "meta_dir": "",
+    "run_dir": "",
+}

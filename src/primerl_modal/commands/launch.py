@@ -46,8 +46,12 @@ def _after_launch(backend: Backend, record: RunRecord, verb: str, *, detach: boo
         else:
             sys.stdout.write(rid + "\n")
         return
+    out = sys.stderr if json_out else sys.stdout
     try:
-        final = backend.follow(record, sys.stderr if json_out else sys.stdout)
+        for line in backend.live_logs(record):
+            out.write(line.render() + "\n")
+            out.flush()
+        (final,) = backend.refresh([record])
     except KeyboardInterrupt:
         err.print(f"\nstopped following; {rid} keeps running. "
                   f"`prm logs {rid} -f` follows it again, `prm stop {rid}` stops it.")

@@ -1,7 +1,8 @@
 """Forward every launcher line and every component log line, prefixed with its source.
 
-Lines go to the runner's stdout (which Modal's live log stream carries) and to
-``logs/attempt_<n>.log`` in the run's metadata folder (which outlives any log service).
+Lines go to the runner's stdout (which Modal's live log stream carries) and, each with the
+time it was forwarded, to ``logs/attempt_<n>.log`` in the run's metadata folder (which
+outlives any log service).
 Each attempt tails only files that attempt writes, so no line is forwarded twice.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections import deque
 from itertools import count
 from pathlib import Path
@@ -36,10 +38,12 @@ class Sink:
         if not lines:
             return
         text = "".join(f"[{prefix}] {line}\n" for line in lines)
+        stamp = f"{time.time():.3f} "
         with self._lock:
             self._out.write(text)
             self._out.flush()
-            self._log.write(text)
+            # the same lines, each led by the time (every newline but the last gets one)
+            self._log.write(stamp + text.replace("\n", "\n" + stamp, len(lines) - 1))
             self._tails.setdefault(prefix, deque(maxlen=TAIL)).extend(lines[-TAIL:])
             if prefix != "runner" and any(_ERROR.search(line) for line in lines[-TAIL:]):
                 self._last_error[prefix] = next(self._seq)

@@ -1,0 +1,84 @@
+"""Which of a run's files `prm pull` fetches, and where each lands under DEST (pure)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from primerl_modal.errors import PrmError, UsageError
+
+CATEGORIES = ("logs", "configs", "metrics", "checkpoints", "rollouts")
+_STEP = re.compile(r"^checkpoints/step_(\d+)(/|$)")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    remote: str  # where the backend finds it
+    dest: str  # relative path under DEST: the run dir's layout, prm's files under _prm/
+    size: int
+    mtime: float
+
+
+def category(dest: str) -> str:
+    """logs, configs, metrics, checkpoints, rollouts, broadcasts or other."""
+    parts = PurePosixPath(dest).parts
+    if parts and parts[0] == "_prm":
+        name = parts[1] if len(parts) > 1 else ""
+        return {"logs": "logs", "inputs": "configs", "plan.json": "configs"}.get(name, "metrics")
+    head = parts[0] if parts else ""
+    if head in ("logs", "configs", "checkpoints", "rollouts", "broadcasts"):
+        return head
+    return "metrics" if head.endswith(".jsonl") else "other"
+
+
+def checkpoint_step(dest: str) -> int | None:
+    match = _STEP.match(dest)
+    return int(match.group(1)) if match else None
+
+
+def parse_only(text: str | None) -> frozenset[str] | None:
+    """``logs,checkpoints`` -> that set. Raises UsageError for an unknown category."""
+    if not text:
+        return None
+    wanted = frozenset(p.strip() for p in text.split(",") if p.strip())
+    unknown = sorted(wanted - set(CATEGORIES))
+    if unknown:
+        raise UsageError(f"--only: unknown category {unknown[0]!r}",
+                         f"choose from {', '.join(CATEGORIES)}")
+    return wanted
+
+
+def select(files: Iterable[RemoteFile], only: frozenset[str] | None,
+           step: str | None) -> list[RemoteFile]:
+    """The files to fetch. Without --only: everything but broadcasts/ (prime-rl's
+    transient weight hand-offs). ``step`` = latest or N keeps one checkpoint.
+
+    Raises PrmError for a --step that names no checkpoint the run has.
+    """
+    files = list(files)
+    keep = [f for f in files if (category(f.dest) in only if only
+                                 else category(f.dest) != "broadcasts")]
+    if step is None:
+        return keep
+    steps = sorted({s for f in files if (s := checkpoint_step(f.dest)) is not None})
+    if step == "latest":
+        if not steps:
+            raise PrmError("the run has no checkpoint yet", "drop --step, or wait for one")
+        wanted = steps[-1]
+    elif step.isdigit():
+        wanted = int(step)
+        if wanted not in steps:
+            raise PrmError(f"the run has no checkpoint step {wanted}",
+                           f"it has: {', '.join(map(str, steps)) or 'none'}")
+    else:
+        raise UsageError(f"--step {step!r}", "use --step latest or --step N")
+    return [f for f in keep if checkpoint_step(f.dest) in (None, wanted)]
+
+
+def safe_dest(dest: str) -> bool:
+    """A relative path with no '..' and no absolute part: it cannot leave DEST."""
+    path = PurePosixPath(dest)
+    return bool(dest) and not path.is_absolute() and ".." not in path.parts and \
+        "\\" not in dest

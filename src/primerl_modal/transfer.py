@@ -1,0 +1,84 @@
+"""`prm pull`'s engine: many transfers in flight, each file to a temporary name renamed when
+complete, files already present (same size and time) skipped, nothing written outside DEST."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+from primerl_modal.core.selection import RemoteFile, safe_dest
+
+WORKERS = 128
+PART = ".prm-part"
+
+
+class Source(Protocol):
+    async def fetch(self, item: RemoteFile, out: IO[bytes],
+                    progress: Callable[[int], None]) -> None: ...
+
+
+@dataclass
+class Outcome:
+    path: str
+    size: int
+    status: str  # downloaded, present, refused, failed
+    error: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"path": self.path, "size": self.size, "status": self.status,
+                **({"error": self.error} if self.error else {})}
+
+
+def _inside(root: Path, target: Path) -> bool:
+    return target.resolve().is_relative_to(root.resolve())
+
+
+def _present(target: Path, item: RemoteFile) -> bool:
+    try:
+        stat = target.stat()
+    except FileNotFoundError:
+        return False
+    return stat.st_size == item.size and abs(stat.st_mtime - item.mtime) < 1e-3
+
+
+async def pull_files(source: Source, files: list[RemoteFile], dest: Path,
+                     on_bytes: Callable[[int], None], on_file: Callable[[Outcome], None],
+                     workers: int = WORKERS) -> list[Outcome]:
+    """Fetch ``files`` into ``dest``; returns one outcome per file, in order."""
+    dest.mkdir(parents=True, exist_ok=True)
+    gate = asyncio.Semaphore(workers)
+
+    async def one(item: RemoteFile) -> Outcome:
+        target = dest / item.dest
+        if not safe_dest(item.dest) or not _inside(dest, target):
+            outcome = Outcome(item.dest, item.size, "refused", "path would leave DEST")
+        elif _present(target, item):
+            outcome = Outcome(item.dest, item.size, "present")
+        else:
+            async with gate:
+                outcome = await _download(source, item, target, on_bytes)
+        on_file(outcome)
+        return outcome
+
+    return list(await asyncio.gather(*(one(f) for f in files)))
+
+
+async def _download(source: Source, item: RemoteFile, target: Path,
+                    on_bytes: Callable[[int], None]) -> Outcome:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + PART)
+    try:
+        with open(part, "wb") as out:
+            await source.fetch(item, out, on_bytes)
+        os.utime(part, (item.mtime, item.mtime))
+        os.replace(part, target)
+    except Exception as e:  # one file's failure is reported, the others go on
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        return Outcome(item.dest, item.size, "failed", f"{type(e).__name__}: {e}")
+    return Outcome(item.dest, item.size, "downloaded")
