@@ -7,7 +7,11 @@ import sys
 
 import typer
 
+from primerl_modal.commands.logs import logs
+from primerl_modal.commands.ls import ls
+from primerl_modal.commands.pull import pull
 from primerl_modal.commands.run import run
+from primerl_modal.commands.show import show
 from primerl_modal.commands.stop import stop
 from primerl_modal.errors import PrmError
 
@@ -42,6 +46,10 @@ def root(
 
 
 app.command(no_args_is_help=False)(run)
+app.command()(logs)
+app.command()(ls)
+app.command()(show)
+app.command()(pull)
 app.command()(stop)
 
 

@@ -96,6 +96,9 @@ class FakeModal:
         self.grace_s: float = self.default_grace_s
         self.secrets: dict[str, dict[str, str]] = {}
         self.extra_env: dict[str, str] = {}
+        # volume name -> {listed path: real path in the volume}: lets a test make the fake
+        # list (and serve) an entry under a hostile name such as "run/../../evil".
+        self.listing_aliases: dict[str, dict[str, str]] = {}
         # Recorded requests, as plain data.
         self.apps: dict[str, dict[str, Any]] = {}
         self.functions: dict[str, dict[str, Any]] = {}

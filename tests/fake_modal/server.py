@@ -710,9 +710,17 @@ class FakeModalServicer(ModalClientBase):
         self, request: api_pb2.VolumeListFiles2Request
     ) -> AsyncIterator[Any]:
         """Entries carry volume-relative paths; a directory always precedes its contents."""
+        name, _ = self._volume(request.volume_id)
         base, target = self._volume_target(request.volume_id, request.path)
         if not target.exists():
             raise not_found(f"No such file or directory: '{request.path}'")
+        aliases = [
+            api_pb2.FileEntry(path=listed, type=api_pb2.FileEntry.FileType.FILE,
+                              mtime=int((base / real).stat().st_mtime),
+                              size=(base / real).stat().st_size)
+            for listed, real in self.fake.listing_aliases.get(name, {}).items()
+            if listed.startswith(request.path.strip("/"))
+        ]
         paths: list[Path] = []
         if target.is_file():
             paths.append(target)
@@ -724,7 +732,7 @@ class FakeModalServicer(ModalClientBase):
             paths += sorted(target.iterdir())
         if request.HasField("max_entries") and request.max_entries:
             paths = paths[: request.max_entries]
-        entries = [self._file_entry(base, p) for p in paths]
+        entries = [self._file_entry(base, p) for p in paths] + aliases
         for start in range(0, len(entries), LIST_BATCH):
             yield api_pb2.VolumeListFiles2Response(entries=entries[start : start + LIST_BATCH])
 
@@ -733,7 +741,9 @@ class FakeModalServicer(ModalClientBase):
         self, request: api_pb2.VolumeGetFile2Request
     ) -> api_pb2.VolumeGetFile2Response:
         """One URL per 8 MiB block, served as byte ranges of the local file."""
-        _, target = self._volume_target(request.volume_id, request.path)
+        name, _ = self._volume(request.volume_id)
+        real = self.fake.listing_aliases.get(name, {}).get(request.path.strip("/"))
+        _, target = self._volume_target(request.volume_id, real or request.path)
         if not target.is_file():
             raise not_found(f"No such file: '{request.path}'")
         size = target.stat().st_size

@@ -48,8 +48,10 @@ class Backend(Protocol):
         """Every attempt's lines as the runner stored them (they outlive log services)."""
         ...
 
-    def live_logs(self, record: RunRecord, after: float | None = None) -> Iterator[LogLine]:
-        """New lines as they come until the run is final (those stamped <= ``after`` skipped)."""
+    def live_logs(self, record: RunRecord,
+                  seen: Mapping[int, int] | None = None) -> Iterator[LogLine]:
+        """Lines as they come until the run is final; the first ``seen[n]`` lines of attempt
+        n are skipped (already shown)."""
         ...
 
     def discover(self, known: set[str]) -> list[RunRecord]:

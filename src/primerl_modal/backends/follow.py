@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from primerl_modal.backends.base import read_status
@@ -27,25 +27,28 @@ def _read_new(path: Path, offset: int) -> tuple[list[str], int]:
 
 
 def follow_attempt_logs(record: RunRecord, refresh: Callable[[], RunRecord],
-                        after: float | None = None, poll: float = 0.2) -> Iterator[LogLine]:
+                        seen: Mapping[int, int] | None = None,
+                        poll: float = 0.2) -> Iterator[LogLine]:
     """Lines of the current (or next) attempt as they are written, moving on to later
-    attempts, until the run is final. Lines stamped at or before ``after`` are skipped.
-    ``refresh`` re-reads the run (noticing a lost runner) every couple of seconds."""
+    attempts, until the run is final. The first ``seen[n]`` lines of attempt n are skipped
+    (already shown). ``refresh`` re-reads the run (noticing a lost runner) every couple of
+    seconds."""
+    seen = seen or {}
     meta = Path(record.meta_dir)
     status = read_status(meta) or {}
     attempt = int(status.get("attempt", 0))
     n = attempt + 1 if attempt == 0 or status.get("status") == st.PENDING else attempt
-    offset = 0
+    offset = index = 0
     last_refresh = time.monotonic()
     while True:
         final = st.is_final(str(status.get("status", "")))
         raw, offset = _read_new(meta / "logs" / f"attempt_{n}.log", offset)
         for text in raw:
-            line = parse_stored(text, n)
-            if after is None or line.t is None or line.t > after:
-                yield line
+            if index >= seen.get(n, 0):
+                yield parse_stored(text, n)
+            index += 1
         if int(status.get("attempt", 0)) > n:
-            n, offset = n + 1, 0
+            n, offset, index = n + 1, 0, 0
             continue
         if final:
             return

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -222,8 +222,9 @@ class LocalBackend:
         for n, path in attempt_logs(Path(record.meta_dir) / "logs"):
             yield from parse_attempt_log(path.read_text(errors="replace"), n)
 
-    def live_logs(self, record: RunRecord, after: float | None = None) -> Iterator[LogLine]:
-        return follow_attempt_logs(record, lambda: self._refresh_one(record), after)
+    def live_logs(self, record: RunRecord,
+                  seen: Mapping[int, int] | None = None) -> Iterator[LogLine]:
+        return follow_attempt_logs(record, lambda: self._refresh_one(record), seen)
 
     def discover(self, known: set[str]) -> list[RunRecord]:
         roots = {str(paths.prm_home() / "outputs")}

@@ -9,7 +9,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -266,22 +266,29 @@ class ModalBackend:
                 text = b"".join(volume.read_file(path)).decode("utf-8", "replace")
                 yield from parse_attempt_log(text, n)
 
-    def live_logs(self, record: RunRecord, after: float | None = None) -> Iterator[LogLine]:
-        """Modal's live log stream of the run's call: the runner's stdout, line by line."""
+    def live_logs(self, record: RunRecord,
+                  seen: Mapping[int, int] | None = None) -> Iterator[LogLine]:
+        """Modal's live log stream of the run's call: the runner's stdout, line by line, the
+        same lines in the same order as its attempt logs; the first ``seen[n]`` lines of
+        attempt n (already shown from the volume) are skipped."""
         if not record.call_id:
             return
         require_token()
-        attempt = max(record.attempts, 1)
+        seen = seen or {}
+        attempt, index = max(record.attempts, 1), 0
         with modal_errors():
             for entry in modal.FunctionCall.from_id(record.call_id).logs.stream():
                 t = entry.timestamp.timestamp() if entry.timestamp else None
                 for text in entry.message.splitlines():
                     line = parse_prefixed(text, t, attempt)
                     if line.component == "runner" and (m := _ATTEMPT.search(line.text)):
-                        attempt = int(m.group(1))
+                        attempt, index = int(m.group(1)), 0
                         line = parse_prefixed(text, t, attempt)
-                    if after is None or t is None or t > after:
-                        yield line
+                    if line.component != "modal":
+                        index += 1
+                        if index <= seen.get(attempt, 0):
+                            continue
+                    yield line
             while not st.is_final(record.status):  # the stream ends with the app
                 self.refresh([record])
                 if not st.is_final(record.status):

@@ -44,6 +44,7 @@ class Sink:
             self._out.flush()
             # the same lines, each led by the time (every newline but the last gets one)
             self._log.write(stamp + text.replace("\n", "\n" + stamp, len(lines) - 1))
+            self._log.flush()  # followers (`prm logs -f`, `prm run`) read this file live
             self._tails.setdefault(prefix, deque(maxlen=TAIL)).extend(lines[-TAIL:])
             if prefix != "runner" and any(_ERROR.search(line) for line in lines[-TAIL:]):
                 self._last_error[prefix] = next(self._seq)

@@ -17,7 +17,10 @@ JsonOption = Annotated[
 
 @cache
 def out() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    console = Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+        console.width = max(console.width, 200)
+    return console
 
 
 @cache

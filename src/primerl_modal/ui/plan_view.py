@@ -46,7 +46,7 @@ def command_text(argv: tuple[str, ...]) -> Text:
     return Text(" \\\n    ".join(lines), style="green")
 
 
-def render(plan: Plan) -> RenderableType:
+def render(plan: Plan, title: str = "prm plan (dry run: nothing launched)") -> RenderableType:
     g = plan.gpu
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -82,7 +82,7 @@ def render(plan: Plan) -> RenderableType:
     parts: list[RenderableType] = [grid]
     for w in plan.warnings:
         parts.append(Text(f"warning: {w}", style="yellow"))
-    return Panel(Group(*parts), title="prm plan (dry run: nothing launched)", title_align="left")
+    return Panel(Group(*parts), title=title, title_align="left")
 
 
 def explain(profile: ResolvedProfile) -> RenderableType:

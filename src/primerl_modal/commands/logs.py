@@ -1,0 +1,97 @@
+"""`prm logs`: a run's lines, per component, from its stored attempt logs (forever) and,
+with -f, live until it ends."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from primerl_modal.ui.console import JsonOption
+
+if TYPE_CHECKING:
+    from primerl_modal.core.logs import LogLine
+
+
+def logs(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")
+    ] = False,
+    component: Annotated[
+        str | None,
+        typer.Option("--component", "-c",
+                     help="Only these components: trainer, orchestrator, inference, env, "
+                          "launcher, runner (comma-separated)."),
+    ] = None,
+    tail_n: Annotated[
+        int, typer.Option("--tail", "-n", help="Last N lines already written (0 = all).")
+    ] = 200,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only lines from this window, e.g. 10m.")
+    ] = None,
+    grep: Annotated[
+        str | None, typer.Option("--grep", "-g", help="Only lines matching this regex.")
+    ] = None,
+    attempt: Annotated[int | None, typer.Option("--attempt", help="Only this attempt.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Print a run's logs, each line prefixed with its component.
+
+    A finished run's logs come from the files its runner wrote on the outputs (volume or
+    folder), so they exist as long as the run's files do.
+
+    Examples:
+
+    \b
+      prm logs math-8x-261129 -f
+      prm logs math-8x-261129 -c trainer --grep 'loss|error' --tail 0
+      prm logs math-8x-261129 --attempt 2 --since 30m --json
+    """
+    from primerl_modal.backends import get_backend
+    from primerl_modal.core import status as st
+    from primerl_modal.core.durations import parse_duration
+    from primerl_modal.core.logs import LogFilter, tail
+    from primerl_modal.errors import UsageError
+    from primerl_modal.planning import run_index
+
+    try:
+        pattern = re.compile(grep) if grep else None
+    except re.error as e:
+        raise UsageError(f"--grep {grep!r} is not a valid regex ({e})") from None
+    components = frozenset(c.strip() for c in component.split(",")) if component else None
+    cutoff = time.time() - parse_duration(since, what="--since") if since else None
+    keep = LogFilter(components, cutoff, pattern, attempt)
+    index = run_index()
+    record = index.find(run)
+    backend = get_backend(record.backend, index)
+    (record,) = backend.refresh([record])
+
+    def show(line: LogLine) -> None:
+        text = json.dumps(line.to_json()) if json_out else line.render()
+        sys.stdout.write(text + "\n")
+
+    seen: dict[int, int] = {}  # lines already stored, per attempt: live lines start after
+
+    def stored() -> Iterator[LogLine]:
+        for line in backend.stored_logs(record):
+            seen[line.attempt] = seen.get(line.attempt, 0) + 1
+            yield line
+
+    for line in tail(keep.apply(stored()), tail_n):
+        show(line)
+    sys.stdout.flush()
+    if not follow or st.is_final(record.status):
+        return
+    try:
+        for line in backend.live_logs(record, seen):
+            if keep.keep(line):
+                show(line)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None

@@ -1,0 +1,95 @@
+"""`prm pull`: download a run's files, many at once, resumably, never outside DEST."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from primerl_modal.ui.console import JsonOption
+
+
+def pull(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    dest: Annotated[
+        Path | None,
+        typer.Argument(help="Where to put the files (default ./outputs/RUN-ID).",
+                       show_default=False),
+    ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option("--only", help="Only these: logs,configs,metrics,checkpoints,rollouts."),
+    ] = None,
+    step: Annotated[
+        str | None,
+        typer.Option("--step", help="Only this checkpoint: latest or a step number."),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Download a run's files: prime-rl's run directory, and prm's own files under _prm/.
+
+    Each file is written to a temporary name and renamed when complete, so an interrupted
+    pull leaves no truncated file and a rerun fetches only what is missing or changed.
+    A running run gives a snapshot of what it has committed so far.
+
+    Examples:
+
+    \b
+      prm pull math-8x-261129
+      prm pull math-8x-261129 ./ckpt --only checkpoints --step latest
+      prm pull math-8x-261129 --only logs,metrics --json
+    """
+    from primerl_modal.backends import get_backend
+    from primerl_modal.core.selection import parse_only, select
+    from primerl_modal.planning import run_index
+    from primerl_modal.transfer import Outcome, pull_files
+    from primerl_modal.ui import console
+
+    wanted = parse_only(only)
+    index = run_index()
+    record = index.find(run)
+    backend = get_backend(record.backend, index)
+    listing, source = backend.files(record)
+    chosen = select(listing, wanted, step)
+    target = (dest or Path("outputs") / record.run_id).expanduser()
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    total = sum(f.size for f in chosen)
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=console.err(),
+                  transient=True) as bar:
+        task = bar.add_task(f"0/{len(chosen)} files", total=total)
+        done = 0
+
+        def on_file(outcome: Outcome) -> None:
+            nonlocal done
+            done += 1
+            if outcome.status != "downloaded":
+                bar.advance(task, outcome.size)
+            bar.update(task, description=f"{done}/{len(chosen)} files")
+
+        outcomes = asyncio.run(pull_files(source, chosen, target,
+                                          lambda n: bar.advance(task, n), on_file))
+    counts = {s: sum(1 for o in outcomes if o.status == s)
+              for s in ("downloaded", "present", "refused", "failed")}
+    if json_out:
+        console.print_json([o.to_json() for o in outcomes])
+    for o in outcomes:
+        if o.status in ("refused", "failed"):
+            console.warn(f"{o.status}: {o.path} ({o.error})")
+    got = sum(o.size for o in outcomes if o.status == "downloaded")
+    console.err().print(
+        f"{record.run_id}: {counts['downloaded']} files ({got / 1e6:,.1f} MB) downloaded, "
+        f"{counts['present']} already present, {counts['refused']} refused, "
+        f"{counts['failed']} failed -> {target}", highlight=False)
+    if counts["failed"] or counts["refused"]:
+        raise typer.Exit(1)

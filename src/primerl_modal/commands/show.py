@@ -1,0 +1,150 @@
+"""`prm show`: everything about one run."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+
+from primerl_modal.ui.console import JsonOption
+
+
+def show(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    json_out: JsonOption = False,
+) -> None:
+    """Everything about one run: plan (GPU picture, command line, image, volumes, secret
+    names), status history, attempts and exit codes, progress, cost, paths, W&B, and the
+    commands to follow up.
+
+    Examples:
+
+    \b
+      prm show math-8x-261129
+      prm show math-8x-261129 --json | jq .status.attempts
+    """
+    from primerl_modal.backends import get_backend
+    from primerl_modal.planning import run_index
+    from primerl_modal.ui import console
+    from primerl_modal.ui.runs import cost_usd
+
+    index = run_index()
+    record = index.find(run)
+    backend = get_backend(record.backend, index)
+    (record,) = backend.refresh([record])
+    plan = _json(backend.read_meta(record, "plan.json"))
+    status = _json(backend.read_meta(record, "status.json"))
+    now = time.time()
+    wandb = (plan or {}).get("wandb") or {}
+    details: dict[str, Any] = {
+        "run": asdict(record),
+        "cost": {"so_far_usd": cost_usd(record, now),
+                 "max_usd": ((plan or {}).get("cost") or {}).get("max_usd")},
+        "paths": {"outputs": record.outputs, "run_dir": record.run_dir,
+                  "meta_dir": record.meta_dir},
+        "wandb": {**wandb, "url": _wandb_url(wandb)},
+        "plan": plan,
+        "status": status,
+        "next": _next_steps(record.run_id, record.status),
+    }
+    if json_out:
+        for item in (details.get("plan") or {}).get("inputs", []):
+            item.pop("text", None)
+        console.print_json(details)
+        return
+    _render(details)
+
+
+def _json(data: bytes | None) -> dict[str, Any] | None:
+    if not data:
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _wandb_url(wandb: dict[str, Any]) -> str | None:
+    if not (wandb.get("entity") and wandb.get("project")):
+        return None
+    return f"https://wandb.ai/{wandb['entity']}/{wandb['project']}"
+
+
+def _next_steps(run_id: str, status: str) -> list[str]:
+    from primerl_modal.core import status as st
+
+    steps = [f"prm logs {run_id}" + ("" if st.is_final(status) else " -f"),
+             f"prm pull {run_id}"]
+    if not st.is_final(status):
+        steps.append(f"prm stop {run_id}")
+    if status in st.RESUMABLE:
+        steps.append(f"prm run --resume {run_id}")
+    return steps
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _render(d: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from primerl_modal.core.durations import format_duration
+    from primerl_modal.core.plan import plan_from_json
+    from primerl_modal.ui import console
+    from primerl_modal.ui.plan_view import render
+    from primerl_modal.ui.runs import STATUS_STYLE
+
+    out = console.out()
+    r = d["run"]
+    style = STATUS_STYLE.get(r["status"], "")
+    out.print(f"[bold]{r['run_id']}[/]  [{style}]{r['status']}[/]"
+              + (f"  {r['note']}" if r.get("note") else ""), highlight=False)
+    if d["plan"]:
+        out.print(render(plan_from_json(d["plan"]), title="plan"))
+    status = d["status"] or {}
+    progress = status.get("progress") or {}
+    if progress:
+        metric = progress.get("metric", "metric")
+        out.print(f"progress  step {progress.get('step', '-')}/{progress.get('max_steps') or '?'}"
+                  f"   {metric} {progress.get('value', '-')}"
+                  f"   latest checkpoint {progress.get('ckpt_step') or 'none'}", highlight=False)
+    attempts = Table(title="attempts", title_justify="left", box=None, header_style="bold")
+    for col in ("#", "started", "ended", "took", "outcome", "exit", "resumed"):
+        attempts.add_column(col)
+    for a in status.get("attempts", []):
+        took = (format_duration(a["ended_at"] - a["started_at"])
+                if a.get("ended_at") and a.get("started_at") else "-")
+        attempts.add_row(str(a["n"]), _when(a.get("started_at")), _when(a.get("ended_at")), took,
+                         a.get("outcome", "running"), str(a.get("exit_code", "-")),
+                         "yes" if a.get("resumed") else "no")
+    out.print(attempts)
+    history = Table(title="status history", title_justify="left", box=None,
+                    header_style="bold")
+    for col in ("at", "status", "attempt", "note"):
+        history.add_column(col)
+    for h in status.get("history", []):
+        history.add_row(_when(h.get("at")), h["status"], str(h.get("attempt", "")),
+                        h.get("note", ""))
+    out.print(history)
+    failure = status.get("failure")
+    if failure and r["status"] in ("FAILED", "RECOVERING"):
+        out.print(f"[red]{failure['component']} failed (exit {failure['exit_code']}):[/]")
+        for line in failure.get("lines", []):
+            out.print(f"  {line}", highlight=False, markup=False)
+    cost = d["cost"]
+    out.print(f"cost      ${cost['so_far_usd']:,.2f} so far"
+              + (f", at most ${cost['max_usd']:,.2f}" if cost.get("max_usd") else ""))
+    p = d["paths"]
+    out.print(f"outputs   {p['outputs']}\nrun dir   {p['run_dir']}\nprm files {p['meta_dir']}",
+              highlight=False)
+    w = d["wandb"]
+    if w.get("project"):
+        out.print(f"W&B       {w['project']} / {w.get('name')}"
+                  + (f"  {w['url']}" if w.get("url") else ""), highlight=False)
+    out.print("next      " + "\n          ".join(d["next"]), highlight=False)

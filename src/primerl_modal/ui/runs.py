@@ -1,0 +1,61 @@
+"""How runs read in tables: status colours, GPU split, step, metric, age, duration, cost."""
+
+from __future__ import annotations
+
+import time
+
+from primerl_modal.core import status as st
+from primerl_modal.core.durations import format_duration
+from primerl_modal.run_index import RunRecord
+from primerl_modal.ui.table import Column
+
+STATUS_STYLE = {
+    st.PENDING: "yellow", st.RUNNING: "cyan", st.RECOVERING: "magenta",
+    st.SUCCEEDED: "green", st.FAILED: "red", st.STOPPED: "dim", st.LOST: "red",
+}
+
+
+def gpu_text(r: RunRecord) -> str:
+    return f"{r.gpu_type}x{r.gpu_count} {r.trainer}T/{r.inference}I"
+
+
+def duration_s(r: RunRecord, now: float) -> float | None:
+    if r.started_at is None:
+        return None
+    end = r.ended_at if r.ended_at is not None else (now if not st.is_final(r.status) else None)
+    return max(0.0, (end or r.updated_at) - r.started_at)
+
+
+def cost_usd(r: RunRecord, now: float) -> float:
+    """GPU-seconds so far times the price: wall time of the node from the first start."""
+    seconds = duration_s(r, now) or 0.0
+    return round(seconds * r.gpu_count * r.usd_per_gpu_hour / 3600, 2)
+
+
+def _step(value: list[int | None]) -> str:
+    step, total = value
+    if step is None:
+        return "-"
+    return f"{step}/{total}" if total else str(step)
+
+
+def _metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def run_columns(now: float | None = None) -> list[Column[RunRecord]]:
+    t = now if now is not None else time.time()
+    return [
+        Column("run_id", "run", lambda r: r.run_id),
+        Column("status", "status", lambda r: r.status, style=lambda v: STATUS_STYLE.get(v, "")),
+        Column("gpu", "gpus", gpu_text),
+        Column("step", "step", lambda r: [r.step, r.max_steps], _step, "right"),
+        Column("metric_value", "metric", lambda r: r.metric_value, _metric, "right"),
+        Column("created_at", "age", lambda r: r.created_at,
+               lambda v: format_duration(t - v) + " ago", "right"),
+        Column("duration_s", "duration", lambda r: duration_s(r, t),
+               lambda v: "-" if v is None else format_duration(v), "right"),
+        Column("cost_usd", "cost", lambda r: cost_usd(r, t), lambda v: f"${v:,.2f}", "right"),
+        Column("backend", "on", lambda r: r.backend),
+        Column("sweep_id", "sweep", lambda r: r.sweep_id),
+    ]

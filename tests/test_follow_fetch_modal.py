@@ -1,0 +1,106 @@
+"""`prm ls`, `prm logs`, `prm show`, `prm pull` for runs on (fake) Modal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from fake_modal.fixture import _fake_modal_server, fake_modal  # noqa: F401
+from test_modal_backend import finished, launched, modal_env  # noqa: F401
+
+from primerl_modal.planning import run_index
+
+PRM = [sys.executable, "-m", "primerl_modal"]
+
+
+def test_ls_refreshes_modal_runs_from_the_volume(prm, modal_env):
+    run_id = launched(prm, "reverse-text")
+    rec = run_index().get(run_id)
+    modal_env.wait_call(rec.call_id, timeout=60)
+    (row,) = prm("ls", "--json").json()
+    assert row["run_id"] == run_id and row["status"] == "SUCCEEDED"
+    assert row["step"] == [8, 8] and row["gpu"] == "A100-40GB x2 1T/1I".replace(" x", "x")
+    assert isinstance(row["metric_value"], float) and row["backend"] == "modal"
+
+
+def test_ls_all_finds_a_run_that_exists_only_on_the_volume(prm, modal_env, tmp_path,
+                                                          monkeypatch):
+    run_id = launched(prm, "reverse-text")
+    finished(modal_env, run_id)
+    monkeypatch.setenv("PRM_HOME", str(tmp_path / "another-laptop"))
+    assert prm("ls", "--json").json() == []
+    rows = prm("ls", "--all", "--json").json()
+    assert [(r["run_id"], r["status"]) for r in rows] == [(run_id, "SUCCEEDED")]
+    assert run_index().get(run_id).app_id is None  # found on the volume, not launched here
+
+
+def test_logs_of_a_finished_modal_run_come_from_the_volume(prm, modal_env):
+    run_id = launched(prm, "reverse-text")
+    finished(modal_env, run_id)
+    out = prm("logs", run_id, "--tail", "0").out.splitlines()
+    assert {x.split("]")[0] + "]" for x in out} == {
+        "[runner]", "[launcher]", "[trainer]", "[orchestrator]", "[inference]"}
+    only = prm("logs", run_id, "-c", "inference", "--tail", "0").out.splitlines()
+    assert only and all(x.startswith("[inference] ") for x in only)
+
+
+def test_logs_follow_streams_a_live_modal_run_until_it_ends(prm, modal_env):
+    modal_env.extra_env["FAKE_RL_STEP_SECONDS"] = "0.25"
+    run_id = launched(prm, "reverse-text", "--set", "max_steps=10")
+    proc = subprocess.Popen([*PRM, "logs", run_id, "-f", "-c", "trainer"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    call = modal_env.calls[run_index().get(run_id).call_id]
+    running_then = call["status"]
+    rest = proc.stdout.read()
+    proc.wait(timeout=60)
+    assert first.startswith("[trainer]") and running_then == "running"
+    assert proc.returncode == 0
+    lines = [first.rstrip("\n"), *rest.splitlines()]
+    assert all(x.startswith("[trainer]") for x in lines)
+    assert len(lines) == len(set(lines))  # no line twice
+    assert any("step 10 " in x for x in lines)
+
+
+def test_show_a_modal_run(prm, modal_env):
+    run_id = launched(prm, "reverse-text")
+    finished(modal_env, run_id)
+    d = prm("show", run_id, "--json").json()
+    assert d["plan"]["gpu"]["modal"] == "A100-40GB:2"
+    assert d["paths"]["outputs"] == "prime-rl-outputs"
+    assert d["status"]["attempts"][0]["outcome"] == "SUCCEEDED"
+
+
+def test_pull_a_modal_run_byte_for_byte_and_refuse_a_hostile_entry(prm, modal_env, tmp_path):
+    run_id = launched(prm, "reverse-text", "--set", "max_steps=6", "--set",
+                      "prime_rl.ckpt_interval=2")
+    finished(modal_env, run_id)
+    volume = modal_env.volume_path("prime-rl-outputs")
+    dest = tmp_path / "dest"
+    r = prm("pull", run_id, str(dest), "--json")
+    assert r.code == 0, r.err
+    src = {p.relative_to(volume / run_id).as_posix(): p for p in (volume / run_id).rglob("*")
+           if p.is_file() and not p.is_symlink()}
+    src |= {"_prm/" + p.relative_to(volume / "_prm" / run_id).as_posix(): p
+            for p in (volume / "_prm" / run_id).rglob("*") if p.is_file()}
+    got = {p.relative_to(dest).as_posix(): p for p in dest.rglob("*") if p.is_file()}
+    assert set(got) == set(src)
+    assert all(got[k].read_bytes() == src[k].read_bytes() for k in got)
+    assert {k.split("/")[1] for k in got if k.startswith("checkpoints/")} == {
+        "step_2", "step_4", "step_6"}
+    latest = tmp_path / "latest"
+    assert prm("pull", run_id, str(latest), "--only", "checkpoints", "--step", "latest").code == 0
+    assert {p.relative_to(latest).parts[1] for p in latest.rglob("*") if p.is_file()} == {
+        "step_6"}
+
+    modal_env.listing_aliases["prime-rl-outputs"] = {
+        f"{run_id}/../../evil": f"{run_id}/metrics.jsonl"}
+    hostile = tmp_path / "h" / "dest"
+    r = prm("pull", run_id, str(hostile), "--json")
+    assert r.code == 1
+    statuses = {m["path"]: m["status"] for m in r.json()}
+    assert statuses["../../evil"] == "refused"
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "h" / "evil").exists()
+    assert (hostile / "metrics.jsonl").exists()
+    assert "refused: ../../evil" in r.err
