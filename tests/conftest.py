@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Any
 import pytest
 
 from primerl_modal.cli import run_cli
+
+pytest_plugins = ["fake_modal.fixture"]  # the fake_modal fixture (tests/fake_modal)
 
 
 @dataclass
@@ -104,3 +107,45 @@ def local_profile(tmp_path: Path, checkout: Path) -> Path:
         )
     )
     return path
+
+
+SENTINEL = "wandb-sentinel-5f3c9a1e77"
+
+
+@pytest.fixture
+def modal_env(fake_modal: Any, checkout: Path, fast_fake: Path) -> Any:
+    """A fake Modal account with the default secrets, and containers that run the fake
+    launcher in the stand-in checkout."""
+    fake_modal.secrets["wandb"] = {"WANDB_API_KEY": SENTINEL}
+    fake_modal.secrets["huggingface"] = {"HF_TOKEN": "hf-not-a-real-token"}
+    fake_modal.grace_s = 10
+    fake_modal.extra_env = {
+        "PRM_OUTPUTS_DIR": str(fake_modal.volume_path("prime-rl-outputs")),
+        "PRM_WORKDIR": str(checkout),
+        "PRM_LAUNCHER": json.dumps([sys.executable, str(FAKE_RL)]),
+        "FAKE_RL_STEP_SECONDS": "0.03",
+        "FAKE_RL_RECORD": str(fast_fake),
+    }
+    return fake_modal
+
+
+def only_function(fake: Any) -> Any:
+    (fn,) = fake.functions.values()
+    return fn
+
+
+def launched(prm: Any, *args: str) -> str:
+    r = prm("run", *args, "--detach")
+    assert r.code == 0, r.err
+    return r.out.strip()
+
+
+def finished(fake: Any, run_id: str) -> Any:
+    from primerl_modal.planning import run_index
+
+    rec = run_index().get(run_id)
+    fake.wait_call(rec.call_id, timeout=60)
+    from primerl_modal.backends.modal_backend import ModalBackend
+
+    (rec,) = ModalBackend(run_index()).refresh([rec])
+    return rec

@@ -5,8 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from fake_modal.fixture import _fake_modal_server, fake_modal  # noqa: F401
-from test_modal_backend import finished, launched, modal_env  # noqa: F401
+from conftest import finished, launched
 
 from primerl_modal.planning import run_index
 

@@ -6,53 +6,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import sys
 from pathlib import Path
 
-import pytest
-from conftest import FAKE_RL, wait_for
-from fake_modal.fixture import _fake_modal_server, fake_modal  # noqa: F401
+from conftest import SENTINEL, finished, launched, only_function, wait_for
 
 from primerl_modal.planning import run_index
-
-SENTINEL = "wandb-sentinel-5f3c9a1e77"
-
-
-@pytest.fixture
-def modal_env(fake_modal, checkout, fast_fake, monkeypatch):  # noqa: F811
-    """A fake Modal account with the default secrets, and containers that run the fake
-    launcher in the stand-in checkout."""
-    fake_modal.secrets["wandb"] = {"WANDB_API_KEY": SENTINEL}
-    fake_modal.secrets["huggingface"] = {"HF_TOKEN": "hf-not-a-real-token"}
-    fake_modal.grace_s = 10
-    fake_modal.extra_env = {
-        "PRM_OUTPUTS_DIR": str(fake_modal.volume_path("prime-rl-outputs")),
-        "PRM_WORKDIR": str(checkout),
-        "PRM_LAUNCHER": json.dumps([sys.executable, str(FAKE_RL)]),
-        "FAKE_RL_STEP_SECONDS": "0.03",
-        "FAKE_RL_RECORD": str(fast_fake),
-    }
-    return fake_modal
-
-
-def only_function(fake):
-    (fn,) = fake.functions.values()
-    return fn
-
-
-def launched(prm, *args: str) -> str:
-    r = prm("run", *args, "--detach")
-    assert r.code == 0, r.err
-    return r.out.strip()
-
-
-def finished(fake, run_id: str):
-    rec = run_index().get(run_id)
-    fake.wait_call(rec.call_id, timeout=60)
-    from primerl_modal.backends.modal_backend import ModalBackend
-
-    (rec,) = ModalBackend(run_index()).refresh([rec])
-    return rec
 
 
 def argvs(record: Path) -> list[list[str]]:
