@@ -171,3 +171,12 @@ def test_a_running_run_can_be_pulled(prm, local_profile, fast_fake, monkeypatch,
     assert r.code == 0, r.err
     assert (tmp_path / "snap" / "metrics.jsonl").exists()
     prm("stop", run_id)
+
+
+def test_ls_of_final_runs_never_imports_modal(prm, local_profile, fast_fake):
+    launch(prm, local_profile)
+    code = ("import sys; from primerl_modal.cli import run_cli; rc = run_cli(['ls', '--json']);"
+            "print('MODAL' if 'modal' in sys.modules else 'NO-MODAL', rc, file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.stderr.strip().endswith("NO-MODAL 0"), r.stderr
+    assert json.loads(r.stdout)[0]["status"] == "SUCCEEDED"
