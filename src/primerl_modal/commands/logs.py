@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from primerl_modal.ui.console import JsonOption
+from primerl_modal.ui.options import JsonOption
 
 if TYPE_CHECKING:
     from primerl_modal.core.logs import LogLine

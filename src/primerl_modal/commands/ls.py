@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from primerl_modal.ui.console import JsonOption
+from primerl_modal.ui.options import JsonOption
 
 if TYPE_CHECKING:
     from primerl_modal.run_index import RunIndex, RunRecord

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from primerl_modal.ui.console import JsonOption
+from primerl_modal.ui.options import JsonOption
 
 
 def pull(
@@ -41,6 +40,8 @@ def pull(
       prm pull math-8x-261129 ./ckpt --only checkpoints --step latest
       prm pull math-8x-261129 --only logs,metrics --json
     """
+    import asyncio
+
     from primerl_modal.backends import get_backend
     from primerl_modal.core.selection import parse_only, select
     from primerl_modal.planning import run_index

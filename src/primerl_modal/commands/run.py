@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from primerl_modal.core.profile import Setting, parse_set
 from primerl_modal.errors import UsageError
-from primerl_modal.ui.console import JsonOption
+from primerl_modal.ui.options import JsonOption
+
+if TYPE_CHECKING:
+    from primerl_modal.core.profile import Setting
 
 
 def parse_gpu(spec: str) -> list[Setting]:
@@ -16,6 +18,8 @@ def parse_gpu(spec: str) -> list[Setting]:
 
     Raises UsageError when the count is not a whole number.
     """
+    from primerl_modal.core.profile import Setting
+
     kind, _, count = spec.partition(":")
     out = [Setting("gpu.type", kind.strip(), "--gpu")]
     if count:
@@ -33,6 +37,8 @@ def cli_settings(
     sets: list[str],
 ) -> list[Setting]:
     """CLI flags as settings (above the profile files), then `--set` items (above flags)."""
+    from primerl_modal.core.profile import Setting, parse_set
+
     out: list[Setting] = parse_gpu(gpu) if gpu else []
     flags = [
         ("gpu.type", gpu_type, "--gpu-type"), ("gpu.count", gpus, "--gpus"),
@@ -156,7 +162,11 @@ def run(
         retries=retries, trainer_config=trainer_config,
         orchestrator_config=orchestrator_config, inference_config=inference_config,
         sets=sets or [],
-    ) + ([Setting("backend.kind", backend, "--backend")] if backend else [])
+    )
+    if backend:
+        from primerl_modal.core.profile import Setting
+
+        settings.append(Setting("backend.kind", backend, "--backend"))
     if explain and not dry_run:
         raise UsageError("--explain goes with --dry-run", "add --dry-run")
     plan, resolved = plan_profile(profile, settings, pass_env=pass_env or ())

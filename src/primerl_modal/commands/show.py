@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from primerl_modal.ui.console import JsonOption
+from primerl_modal.ui.options import JsonOption
 
 
 def show(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from primerl_modal.ui.console import JsonOption
+from primerl_modal.ui.options import JsonOption
 
 
 def stop(

@@ -1,22 +1,20 @@
-"""The two consoles and the shared `--json` option."""
+"""The two consoles: data to stdout, everything else to stderr."""
 
 from __future__ import annotations
 
 import json
 import sys
 from functools import cache
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-from rich.console import Console
-
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
-]
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @cache
 def out() -> Console:
+    from rich.console import Console
+
     console = Console(highlight=False, soft_wrap=False)
     if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
         console.width = max(console.width, 200)
@@ -25,6 +23,8 @@ def out() -> Console:
 
 @cache
 def err() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
