@@ -13,6 +13,7 @@ from primerl_modal.commands.pull import pull
 from primerl_modal.commands.run import run
 from primerl_modal.commands.show import show
 from primerl_modal.commands.stop import stop
+from primerl_modal.commands.sweep import app as sweep_app
 from primerl_modal.errors import PrmError
 
 app = typer.Typer(
@@ -51,6 +52,7 @@ app.command()(ls)
 app.command()(show)
 app.command()(pull)
 app.command()(stop)
+app.add_typer(sweep_app, name="sweep")
 
 
 def run_cli(argv: list[str] | None = None) -> int:

@@ -58,6 +58,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX runs_status ON runs (status, created_at DESC);
     CREATE INDEX runs_sweep ON runs (sweep_id, created_at DESC);
     """,
+    """
+    CREATE TABLE sweeps (
+        sweep_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        method TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        goal TEXT NOT NULL,
+        max_parallel INTEGER NOT NULL,
+        trials INTEGER NOT NULL,
+        fail_fast INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        outputs TEXT NOT NULL,
+        app_id TEXT,
+        call_id TEXT,
+        pid INTEGER
+    );
+    CREATE INDEX sweeps_created ON sweeps (created_at DESC);
+    """,
 )
 
 
@@ -100,6 +120,28 @@ class RunRecord:
 
 
 COLUMNS = tuple(f.name for f in fields(RunRecord))
+
+
+@dataclass
+class SweepRecord:
+    sweep_id: str
+    name: str
+    profile: str
+    method: str
+    backend: str
+    metric: str
+    goal: str
+    max_parallel: int
+    trials: int
+    fail_fast: bool
+    created_at: float
+    outputs: str  # the outputs volume (modal) or folder (local)
+    app_id: str | None = None  # the controller's app (modal)
+    call_id: str | None = None  # the controller's call (modal)
+    pid: int | None = None  # the controller's process (local)
+
+
+SWEEP_COLUMNS = tuple(f.name for f in fields(SweepRecord))
 
 
 class RunIndex:
@@ -151,12 +193,51 @@ class RunIndex:
         self.db.close()
 
     def upsert(self, record: RunRecord) -> None:
-        data = asdict(record)
-        cols = ", ".join(COLUMNS)
-        marks = ", ".join(f":{c}" for c in COLUMNS)
-        update = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c != "run_id")
-        self._write(f"INSERT INTO runs ({cols}) VALUES ({marks}) "
-                    f"ON CONFLICT(run_id) DO UPDATE SET {update}", data)
+        self._upsert("runs", "run_id", COLUMNS, asdict(record))
+
+    def upsert_many(self, records: Sequence[RunRecord]) -> None:
+        """All of ``records`` in one transaction (a sweep's trials)."""
+        self._write("BEGIN IMMEDIATE", {})
+        try:
+            for record in records:
+                self.upsert(record)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self._write("COMMIT", {})
+
+    def upsert_sweep(self, sweep: SweepRecord) -> None:
+        self._upsert("sweeps", "sweep_id", SWEEP_COLUMNS, asdict(sweep))
+
+    def _upsert(self, table: str, key: str, columns: Sequence[str], data: dict[str, Any]) -> None:
+        cols = ", ".join(columns)
+        marks = ", ".join(f":{c}" for c in columns)
+        update = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
+        self._write(f"INSERT INTO {table} ({cols}) VALUES ({marks}) "
+                    f"ON CONFLICT({key}) DO UPDATE SET {update}", data)
+
+    def sweeps(self, limit: int | None = None) -> list[SweepRecord]:
+        sql = "SELECT * FROM sweeps ORDER BY created_at DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [SweepRecord(**{c: r[c] for c in SWEEP_COLUMNS}) for r in self.db.execute(sql)]
+
+    def find_sweep(self, text: str) -> SweepRecord:
+        """The sweep whose id is ``text`` or uniquely starts with it.
+
+        Raises PrmError for none or an ambiguous prefix.
+        """
+        pattern = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self.db.execute(
+            "SELECT * FROM sweeps WHERE sweep_id = ? OR sweep_id LIKE ? ESCAPE '\\' "
+            "ORDER BY sweep_id = ? DESC, created_at DESC LIMIT 11", (text, pattern, text),
+        ).fetchall()
+        if not rows:
+            raise PrmError(f"no sweep {text!r} in the index", "see `prm sweep ls`")
+        if rows[0]["sweep_id"] != text and len(rows) > 1:
+            shown = ", ".join(r["sweep_id"] for r in rows[:10])
+            raise PrmError(f"{text!r} matches several sweeps: {shown}", "give more of the id")
+        return SweepRecord(**{c: rows[0][c] for c in SWEEP_COLUMNS})
 
     def update(self, run_id: str, **values: Any) -> None:
         unknown = set(values) - set(COLUMNS)

@@ -37,6 +37,13 @@ def _load_function(spec: dict[str, Any]) -> Callable[..., Any]:
     return raw if callable(raw) else obj
 
 
+def _client() -> Any:
+    import modal
+    from modal._utils.async_utils import synchronizer
+
+    return synchronizer._translate_in(modal.Client.from_env())
+
+
 def main(spec_path: str) -> None:
     from modal._serialization import (
         deserialize_data_format,
@@ -51,7 +58,9 @@ def main(spec_path: str) -> None:
     result: dict[str, Any]
     try:
         with open(spec["input_path"], "rb") as f:
-            args, kwargs = deserialize_data_format(f.read(), data_format, None)
+            # as in a real container: Modal objects among the arguments (a Function, a
+            # Volume) come back hydrated with this container's client
+            args, kwargs = deserialize_data_format(f.read(), data_format, _client())
         value = _load_function(spec)(*args, **kwargs)
         if inspect.isawaitable(value):
             value = asyncio.run(value)  # type: ignore[arg-type]

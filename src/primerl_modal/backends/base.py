@@ -5,16 +5,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from primerl_modal.core import status as st
 from primerl_modal.core.logs import LogLine
 from primerl_modal.core.plan import Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
 from primerl_modal.core.selection import RemoteFile
-from primerl_modal.run_index import RunRecord
+from primerl_modal.run_index import RunRecord, SweepRecord
 from primerl_modal.runner.state import read_json
 from primerl_modal.transfer import Source
+
+if TYPE_CHECKING:
+    from primerl_modal.sweeps import SweepPlan
 
 
 class Backend(Protocol):
@@ -38,6 +41,18 @@ class Backend(Protocol):
 
     def resume(self, record: RunRecord) -> RunRecord:
         """Relaunch a FAILED, STOPPED or LOST run as a new attempt under the same id."""
+        ...
+
+    def launch_sweep(self, sweep: SweepPlan, *, fail_fast: bool) -> SweepRecord:
+        """Record every trial and start a controller that holds max_parallel on its own."""
+        ...
+
+    def stop_sweep(self, sweep: SweepRecord, trials: list[RunRecord]) -> list[str]:
+        """Stop every trial not yet final (queued ones too); one line of outcome each."""
+        ...
+
+    def resume_sweep(self, sweep: SweepRecord, trials: list[RunRecord]) -> list[RunRecord]:
+        """Relaunch the FAILED, STOPPED and LOST trials, each resuming from its checkpoint."""
         ...
 
     def read_meta(self, record: RunRecord, name: str) -> bytes | None:

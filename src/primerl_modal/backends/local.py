@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from primerl_modal import paths
 from primerl_modal.backends.base import apply_status, new_record, read_status, record_from_stored
@@ -24,15 +24,19 @@ from primerl_modal.core.plan import META_DIR, Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
 from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
-from primerl_modal.run_index import RunIndex, RunRecord
+from primerl_modal.run_index import RunIndex, RunRecord, SweepRecord
 from primerl_modal.runner.state import (
     STOP_MARKER,
     RunState,
     read_json,
     request_stop,
+    runner_pid,
     write_json_atomic,
 )
 from primerl_modal.transfer import Source
+
+if TYPE_CHECKING:
+    from primerl_modal.sweeps import SweepPlan
 from primerl_modal.ui.console import warn
 
 STOP_WAIT_S = 40.0  # the runner's grace (25 s) plus time to commit
@@ -52,8 +56,8 @@ def count_gpus() -> int | None:
     return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
 
 
-def runner_alive(pid: int | None) -> bool:
-    """Whether ``pid`` is still a prm runner (not a recycled pid)."""
+def runner_alive(pid: int | None, what: bytes = b"primerl_modal.runner") -> bool:
+    """Whether ``pid`` is still a prm runner (or ``what`` else: not a recycled pid)."""
     if not pid:
         return False
     try:
@@ -66,7 +70,26 @@ def runner_alive(pid: int | None) -> bool:
         except ProcessLookupError:
             return False
         return True
-    return b"primerl_modal.runner" in cmdline
+    return what in cmdline
+
+
+def spawn_runner(meta: Path, outputs_root: str) -> int:
+    """Start a run's runner in its own session: it survives the shell that launched it."""
+    argv = [sys.executable, "-m", "primerl_modal.runner", "--plan", str(meta / "plan.json"),
+            "--outputs-root", outputs_root]
+    with open(meta / "runner.err", "ab") as err:
+        proc = subprocess.Popen(argv, cwd=meta, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    return proc.pid
+
+
+def sweep_dir(outputs_root: str, sweep_id: str) -> Path:
+    return Path(outputs_root) / META_DIR / "sweeps" / sweep_id
+
+
+def controller_alive(outputs_root: str, sweep_id: str) -> bool:
+    state = read_json(sweep_dir(outputs_root, sweep_id) / "state.json") or {}
+    return runner_alive(state.get("controller"), b"primerl_modal.backends.local_sweep")
 
 
 def _kill_group(pgid: int | None) -> None:
@@ -113,7 +136,7 @@ class LocalBackend:
     def layout(self, profile: ResolvedProfile) -> Layout:
         return local_layout(profile)
 
-    def launch(self, plan: Plan, *, sweep_id: str | None = None) -> RunRecord:
+    def _check_machine(self, plan: Plan) -> None:
         have = count_gpus()
         if have is None:
             warn(f"nvidia-smi not found: cannot check that this machine has the "
@@ -126,24 +149,17 @@ class LocalBackend:
         if not Path(plan.workdir).is_dir():
             raise PrmError(f"prime-rl checkout {plan.workdir} does not exist",
                            "set [local] prime_rl_dir to your prime-rl clone")
+
+    def launch(self, plan: Plan, *, sweep_id: str | None = None) -> RunRecord:
+        self._check_machine(plan)
         meta = Path(plan.meta_dir)
         write_json_atomic(meta / "plan.json", plan.to_json(with_input_texts=True))
         RunState.create(meta, plan.run_id)
         record = new_record(plan, plan.outputs_root, sweep_id)
         self.index.upsert(record)
-        record.pid = self._spawn(meta, plan.outputs_root)
+        record.pid = spawn_runner(meta, plan.outputs_root)
         self.index.update(plan.run_id, pid=record.pid)
         return record
-
-    def _spawn(self, meta: Path, outputs_root: str) -> int:
-        """Start the runner in its own session: it survives the shell that launched it."""
-        argv = [sys.executable, "-m", "primerl_modal.runner", "--plan", str(meta / "plan.json"),
-                "--outputs-root", outputs_root]
-        with open(meta / "runner.err", "ab") as err:
-            proc = subprocess.Popen(argv, cwd=meta, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=err,
-                                    start_new_session=True)
-        return proc.pid
 
     def refresh(self, records: list[RunRecord]) -> list[RunRecord]:
         out = []
@@ -158,13 +174,15 @@ class LocalBackend:
         if status is None:
             return record
         apply_status(record, status)
-        runner_pid = (status.get("runner") or {}).get("pid") or record.pid
-        if not st.is_final(record.status) and not runner_alive(runner_pid):
+        pid = runner_pid(status, record.pid)
+        queued = (record.status == st.PENDING and record.sweep_id is not None
+                  and controller_alive(record.outputs, record.sweep_id))
+        if not st.is_final(record.status) and not queued and not runner_alive(pid):
             # The runner was killed without a chance to write its end: say so, and leave
             # no launcher behind it.
             _kill_group(status.get("launcher_pid"))
             state = RunState(Path(record.meta_dir), dict(status))
-            state.set_status(st.LOST, f"runner (pid {runner_pid}) is gone without a final status;"
+            state.set_status(st.LOST, f"runner (pid {pid}) is gone without a final status;"
                              f" its errors, if any, are in {record.meta_dir}/runner.err")
             apply_status(record, state.data)
         self.index.upsert(record)
@@ -176,18 +194,17 @@ class LocalBackend:
             return f"{record.run_id} is already {record.status}; nothing to stop"
         meta = Path(record.meta_dir)
         request_stop(meta)
-        status = read_status(meta) or {}
-        runner_pid = (status.get("runner") or {}).get("pid") or record.pid
-        if runner_pid and runner_alive(runner_pid):
-            os.kill(runner_pid, signal.SIGTERM)
+        pid = runner_pid(read_status(meta) or {}, record.pid)
+        if pid and runner_alive(pid):
+            os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_WAIT_S
-        while time.monotonic() < deadline and runner_alive(runner_pid):
+        while time.monotonic() < deadline and runner_alive(pid):
             time.sleep(0.1)
         status = read_status(meta) or {}
         if not st.is_final(status.get("status", "")):
             # The runner did not finish its own bookkeeping: end it and record the stop.
-            if runner_pid and runner_alive(runner_pid):
-                os.kill(runner_pid, signal.SIGKILL)
+            if pid and runner_alive(pid):
+                os.kill(pid, signal.SIGKILL)
             _kill_group(status.get("launcher_pid"))
             state = RunState(meta, dict(status) or RunState.create(meta, record.run_id).data)
             state.set_status(st.STOPPED, "stopped by prm stop (runner did not answer)")
@@ -208,9 +225,77 @@ class LocalBackend:
         state = RunState.load(meta, record.run_id)
         state.set_status(st.PENDING, "resume requested")
         record.status, record.ended_at = st.PENDING, None
-        record.pid = self._spawn(meta, record.outputs)
+        record.pid = spawn_runner(meta, record.outputs)
         self.index.upsert(record)
         return record
+
+    def launch_sweep(self, sweep: SweepPlan, *, fail_fast: bool) -> SweepRecord:
+        """Every trial recorded PENDING, then a detached controller process that starts
+        them while fewer than max_parallel run (it outlives this shell)."""
+        from primerl_modal.sweeps import sweep_record
+
+        first = sweep.trials[0].plan
+        self._check_machine(max((t.plan for t in sweep.trials), key=lambda p: p.gpu.count))
+        records = []
+        for trial in sweep.trials:
+            meta = Path(trial.plan.meta_dir)
+            write_json_atomic(meta / "plan.json", trial.plan.to_json(with_input_texts=True))
+            RunState.create(meta, trial.plan.run_id)
+            records.append(new_record(trial.plan, first.outputs_root, sweep.sweep_id))
+        self.index.upsert_many(records)
+        folder = sweep_dir(first.outputs_root, sweep.sweep_id)
+        write_json_atomic(folder / "sweep.json", sweep.to_json())
+        summary = sweep_record(sweep, first.outputs_root, fail_fast)
+        summary.pid = self._spawn_controller(summary, [t.plan.run_id for t in sweep.trials])
+        self.index.upsert_sweep(summary)
+        return summary
+
+    def _spawn_controller(self, sweep: SweepRecord, run_ids: list[str]) -> int:
+        folder = sweep_dir(sweep.outputs, sweep.sweep_id)
+        write_json_atomic(folder / "controller.json", {
+            "outputs_root": sweep.outputs, "max_parallel": sweep.max_parallel,
+            "fail_fast": bool(sweep.fail_fast),
+            "trials": [{"index": int(r.rsplit("-", 1)[1]), "run_id": r} for r in run_ids]})
+        with open(folder / "controller.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "primerl_modal.backends.local_sweep", "--sweep-dir",
+                 str(folder)], cwd=folder, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True)
+        wait_until = time.monotonic() + 10  # its state names it: queued trials are not lost
+        while time.monotonic() < wait_until and not controller_alive(sweep.outputs,
+                                                                   sweep.sweep_id):
+            time.sleep(0.05)
+        return proc.pid
+
+    def stop_sweep(self, sweep: SweepRecord, trials: list[RunRecord]) -> list[str]:
+        request_stop(sweep_dir(sweep.outputs, sweep.sweep_id))
+        lines = [self.stop(t) for t in trials if t.status not in st.FINAL]
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            trials = self.refresh(trials)
+            if all(st.is_final(t.status) for t in trials):
+                break
+            time.sleep(0.1)
+        return lines + [f"{t.run_id} {t.status}" for t in trials if t.status == st.STOPPED
+                        and not any(line.startswith(t.run_id) for line in lines)]
+
+    def resume_sweep(self, sweep: SweepRecord, trials: list[RunRecord]) -> list[RunRecord]:
+        again = [t for t in self.refresh(trials) if t.status in st.RESUMABLE]
+        if not again:
+            raise PrmError(f"{sweep.sweep_id} has no FAILED, STOPPED or LOST trials",
+                           f"see prm sweep show {sweep.sweep_id}")
+        with contextlib.suppress(FileNotFoundError):
+            (sweep_dir(sweep.outputs, sweep.sweep_id) / STOP_MARKER).unlink()
+        for t in again:
+            meta = Path(t.meta_dir)
+            with contextlib.suppress(FileNotFoundError):
+                (meta / STOP_MARKER).unlink()
+            RunState.load(meta, t.run_id).set_status(st.PENDING, "resume requested")
+            t.status, t.ended_at, t.note = st.PENDING, None, "resume requested"
+        self.index.upsert_many(again)
+        sweep.pid = self._spawn_controller(sweep, [t.run_id for t in again])
+        self.index.upsert_sweep(sweep)
+        return again
 
     def read_meta(self, record: RunRecord, name: str) -> bytes | None:
         try:

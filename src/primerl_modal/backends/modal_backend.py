@@ -26,8 +26,9 @@ from primerl_modal.core.plan import META_DIR, MODAL_LAYOUT, Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
 from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
-from primerl_modal.run_index import RunIndex, RunRecord
+from primerl_modal.run_index import RunIndex, RunRecord, SweepRecord
 from primerl_modal.runner.state import STOP_MARKER
+from primerl_modal.sweeps import SweepPlan, sweep_record
 from primerl_modal.transfer import Source
 
 # A missing volume path: the client raises the builtin for it, the server NotFoundError.
@@ -117,19 +118,140 @@ class ModalBackend:
                max_containers: int | None = None) -> tuple[modal.App, Any]:
         """The app and function of one run (defining them makes no network call)."""
         app = modal.App(plan.run_id, tags=tags_of(plan.run_id, sweep_id))
-        volumes = {
-            "/outputs": self._volume(plan.volumes["/outputs"]),
-            "/cache": modal.Volume.from_name(plan.volumes["/cache"], create_if_missing=True),
-        }
+        function = app.function(**self._function_options(plan, max_containers))(
+            modal_remote.run_remote)
+        return app, function
+
+    def _function_options(self, plan: Plan, max_containers: int | None = None) -> dict[str, Any]:
         retries = (modal.Retries(max_retries=plan.retries, backoff_coefficient=1.0,
                                  initial_delay=10.0) if plan.retries else None)
-        function = app.function(
+        return dict(
             image=to_modal_image(image_spec(plan)), gpu=plan.gpu.modal_gpu,
-            timeout=plan.timeout_s, retries=retries, volumes=volumes,  # type: ignore[arg-type]
+            timeout=plan.timeout_s, retries=retries,
+            volumes={
+                "/outputs": self._volume(plan.volumes["/outputs"]),
+                "/cache": modal.Volume.from_name(plan.volumes["/cache"], create_if_missing=True),
+            },
             secrets=run_secrets(plan), env=dict(plan.env) or None, cpu=plan.cpu,
             memory=plan.memory_mb, region=plan.region, max_containers=max_containers,
-        )(modal_remote.run_remote)
-        return app, function
+        )
+
+    def launch_sweep(self, sweep: SweepPlan, *, fail_fast: bool) -> SweepRecord:
+        """One app for the sweep: a function per distinct trial shape (GPU, image, limits),
+        and a CPU controller function that starts trials while fewer than max_parallel run,
+        on Modal's side, so the limit holds with the laptop closed."""
+        outputs = sweep.trials[0].plan.volumes["/outputs"]
+        summary = sweep_record(sweep, outputs, fail_fast)
+        summary.app_id, summary.call_id = self._start_sweep(
+            summary, [(t.index, t.plan) for t in sweep.trials],
+            extra={f"{META_DIR}/sweeps/{sweep.sweep_id}/sweep.json":
+                   json.dumps(sweep.to_json()).encode()})
+        records = []
+        for trial in sweep.trials:
+            record = new_record(trial.plan, outputs, sweep.sweep_id)
+            record.app_id = summary.app_id
+            records.append(record)
+        self.index.upsert_many(records)
+        self.index.upsert_sweep(summary)
+        return summary
+
+    def resume_sweep(self, sweep: SweepRecord, trials: list[RunRecord]) -> list[RunRecord]:
+        """A new controller for the sweep's FAILED, STOPPED and LOST trials; each trial's
+        next attempt resumes from its latest checkpoint."""
+        again = [t for t in trials if t.status in st.RESUMABLE]
+        if not again:
+            raise PrmError(f"{sweep.sweep_id} has no FAILED, STOPPED or LOST trials",
+                           f"see prm sweep show {sweep.sweep_id}")
+        plans = [(int(t.run_id.rsplit("-", 1)[1]), self._stored_plan(t)) for t in again]
+        require_token()
+        with modal_errors():
+            volume = self._volume(sweep.outputs)
+            for path in [f"{META_DIR}/sweeps/{sweep.sweep_id}/{STOP_MARKER}",
+                         *(f"{META_DIR}/{t.run_id}/{STOP_MARKER}" for t in again)]:
+                with contextlib.suppress(*MISSING):
+                    volume.remove_file(path)
+        sweep.app_id, sweep.call_id = self._start_sweep(sweep, plans, {})
+        for t in again:
+            t.status, t.app_id, t.call_id, t.ended_at = st.PENDING, sweep.app_id, None, None
+            t.note = "resume requested"
+        self.index.upsert_many(again)
+        self.index.upsert_sweep(sweep)
+        return again
+
+    def _start_sweep(self, sweep: SweepRecord, plans: list[tuple[int, Plan]],
+                     extra: dict[str, bytes]) -> tuple[str, str]:
+        require_token()
+        with modal_errors():
+            app = modal.App(sweep.sweep_id, tags=tags_of(sweep.sweep_id, sweep.sweep_id))
+            shapes: dict[str, str] = {}
+            functions: dict[str, Any] = {}
+            payload = []
+            for index, plan in plans:
+                key = _shape(plan)
+                if key not in shapes:
+                    shapes[key] = f"trial-{len(shapes)}"
+                    functions[shapes[key]] = app.function(
+                        name=shapes[key], **self._function_options(plan, sweep.max_parallel),
+                    )(modal_remote.run_remote)
+                payload.append({"index": index, "run_id": plan.run_id, "function": shapes[key],
+                                "plan": plan.to_json(with_input_texts=True)})
+            controller = app.function(
+                name="sweep-controller", image=_controller_image(), timeout=24 * 3600,
+                retries=modal.Retries(max_retries=3, initial_delay=5.0), cpu=0.25,
+                volumes={"/outputs": self._volume(sweep.outputs)},
+            )(modal_remote.run_sweep)
+            files = {f"{META_DIR}/{t['run_id']}/plan.json": json.dumps(t["plan"]).encode()
+                     for t in payload}
+            self._upload_paths(sweep.outputs, {**files, **extra})
+            arguments = {"sweep_id": sweep.sweep_id, "outputs_volume": sweep.outputs,
+                         "max_parallel": sweep.max_parallel, "fail_fast": bool(sweep.fail_fast),
+                         "trials": payload}
+            with app.run(name=sweep.sweep_id, detach=True):
+                call = controller.spawn(arguments, functions)
+                return str(app.app_id), str(call.object_id)
+
+    def stop_sweep(self, sweep: SweepRecord, trials: list[RunRecord]) -> list[str]:
+        """Mark the sweep stopped (its controller starts nothing more and records queued
+        trials STOPPED), then stop every trial that runs."""
+        require_token()
+        self.refresh(trials)
+        with modal_errors():
+            marks = {f"{META_DIR}/sweeps/{sweep.sweep_id}/{STOP_MARKER}": b"stop"}
+            marks |= {f"{META_DIR}/{t.run_id}/{STOP_MARKER}": b"sweep" for t in trials
+                      if not st.is_final(t.status)}
+            self._upload_paths(sweep.outputs, marks)
+            self._fill_call_ids(trials)
+            for t in trials:
+                if t.call_id and not st.is_final(t.status):
+                    with contextlib.suppress(modal.exception.Error):
+                        modal.FunctionCall.from_id(t.call_id).cancel(terminate_containers=True)
+            deadline = time.monotonic() + STOP_WAIT_S
+            while time.monotonic() < deadline:
+                self.refresh(trials)
+                if all(st.is_final(t.status) for t in trials):
+                    break
+                time.sleep(_POLL_S / 4)
+        return [f"{t.run_id} {t.status}" for t in trials]
+
+    def _fill_call_ids(self, records: list[RunRecord]) -> None:
+        """Trials started by a sweep controller: their call ids, from its state file."""
+        states: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in records:
+            if r.sweep_id and not r.call_id:
+                key = (r.outputs, r.sweep_id)
+                if key not in states:
+                    raw = self._read(r.outputs, f"{META_DIR}/sweeps/{r.sweep_id}/state.json")
+                    states[key] = {t["run_id"]: t for t in
+                                   (json.loads(raw).get("trials", []) if raw else [])}
+                trial = states[key].get(r.run_id)
+                if trial and trial.get("handle"):
+                    r.call_id = trial["handle"]
+
+    def _read(self, volume: str, path: str) -> bytes | None:
+        try:
+            return b"".join(self._volume(volume).read_file(path))
+        except MISSING:
+            return None
 
     def launch(self, plan: Plan, *, sweep_id: str | None = None) -> RunRecord:
         require_token()
@@ -147,9 +269,12 @@ class ModalBackend:
         return record
 
     def _upload(self, volume: str, files: dict[str, bytes], run_id: str) -> None:
+        self._upload_paths(volume, {f"{META_DIR}/{run_id}/{k}": v for k, v in files.items()})
+
+    def _upload_paths(self, volume: str, files: dict[str, bytes]) -> None:
         with self._volume(volume).batch_upload(force=True) as batch:
-            for name, data in files.items():
-                batch.put_file(io.BytesIO(data), f"/{META_DIR}/{run_id}/{name}")
+            for path, data in files.items():
+                batch.put_file(io.BytesIO(data), f"/{path}")
 
     def read_status(self, record: RunRecord) -> dict[str, Any] | None:
         try:
@@ -172,6 +297,7 @@ class ModalBackend:
             return records
         require_token()
         with modal_errors():
+            self._fill_call_ids(pending)
             live = self._live_apps()
             for record in pending:
                 self._refresh_one(record, record.app_id in live)
@@ -362,3 +488,16 @@ _BLANK: dict[str, Any] = {
     "dp": 0, "usd_per_gpu_hour": 0.0, "timeout_s": 0, "retries": 0, "meta_dir": "",
     "run_dir": "",
 }
+
+
+def _shape(plan: Plan) -> str:
+    """What makes two trials need different Modal functions."""
+    return json.dumps([image_spec(plan).build_steps(), image_spec(plan).overlays,
+                       plan.gpu.modal_gpu, plan.timeout_s, plan.retries, plan.secrets,
+                       plan.pass_env, dict(plan.env), plan.cpu, plan.memory_mb, plan.region,
+                       plan.volumes], default=str)
+
+
+def _controller_image() -> modal.Image:
+    return modal.Image.debian_slim(python_version="3.12").add_local_python_source(
+        "primerl_modal", copy=False)

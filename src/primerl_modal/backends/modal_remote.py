@@ -53,3 +53,72 @@ def run_remote(plan: dict[str, Any]) -> int:
     if final == st.RECOVERING:
         raise RuntimeError(f"{run_id}: attempt ended with exit code {code}; Modal retries it")
     return code
+
+
+def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
+    """The sweep controller, a CPU function in the sweep's app: starts trials (calls of the
+    trial ``functions``) while fewer than max_parallel run. Its state lives on the outputs
+    volume, so a restarted controller carries on where the last one was."""
+    import modal
+
+    from primerl_modal.core import status as st
+    from primerl_modal.core.plan import META_DIR
+    from primerl_modal.runner.state import STOP_MARKER, RunState, read_json, write_json_atomic
+    from primerl_modal.sweep_control import Hooks, TrialState, control
+
+    outputs = Path(os.environ.get("PRM_OUTPUTS_DIR", OUTPUTS_MOUNT))
+    volume = modal.Volume.from_name(sweep["outputs_volume"])
+    sweep_id = sweep["sweep_id"]
+    state_path = outputs / META_DIR / "sweeps" / sweep_id / "state.json"
+    by_index = {t["index"]: t for t in sweep["trials"]}
+    me = modal.current_function_call_id()
+    previous = read_json(state_path) or {}
+    # A retried controller (same call) carries on; a new one (a resume) starts afresh.
+    saved = ({t["index"]: t for t in previous.get("trials", [])}
+             if previous.get("controller") == me else {})
+    trials = [TrialState(**saved[i]) if i in saved else TrialState(i, t["run_id"])
+              for i, t in by_index.items()]
+
+    def on_volume(path: str) -> bytes | None:
+        try:
+            return b"".join(volume.read_file(path))
+        except (FileNotFoundError, modal.exception.NotFoundError):
+            return None
+
+    def start(t: TrialState) -> str:
+        spec = by_index[t.index]
+        return str(functions[spec["function"]].spawn(spec["plan"]).object_id)
+
+    def poll(t: TrialState) -> str | None:
+        try:
+            modal.FunctionCall.from_id(t.handle or "").get(timeout=0)
+        except TimeoutError:
+            return None
+        except Exception:  # the call failed; its run's status says how
+            pass
+        status = json.loads(on_volume(f"{META_DIR}/{t.run_id}/status.json") or b"{}")
+        return status.get("status") if st.is_final(status.get("status", "")) else st.LOST
+
+    def stop(t: TrialState) -> None:
+        (outputs / META_DIR / t.run_id).mkdir(parents=True, exist_ok=True)
+        (outputs / META_DIR / t.run_id / STOP_MARKER).write_text("sweep")
+        volume.commit()
+        modal.FunctionCall.from_id(t.handle or "").cancel(terminate_containers=True)
+
+    def mark_stopped(t: TrialState) -> None:
+        state = RunState.load(outputs / META_DIR / t.run_id, t.run_id)
+        state.set_status(st.STOPPED, "stopped with its sweep before it started")
+
+    def save(items: list[TrialState]) -> None:
+        write_json_atomic(state_path, {"sweep_id": sweep_id, "controller": me,
+                                       "trials": [t.to_json() for t in items]})
+        volume.commit()
+
+    hooks = Hooks(
+        start=start, poll=poll, stop=stop, mark_stopped=mark_stopped,
+        stop_requested=lambda: on_volume(f"{META_DIR}/sweeps/{sweep_id}/{STOP_MARKER}")
+        is not None,
+        save=save, log=lambda text: print(f"[sweep] {text}", flush=True),
+        tick=float(os.environ.get("PRM_SWEEP_TICK", "2")),
+    )
+    control(trials, int(sweep["max_parallel"]), bool(sweep["fail_fast"]), hooks)

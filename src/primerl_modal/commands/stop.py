@@ -10,7 +10,13 @@ from primerl_modal.ui.options import JsonOption
 
 
 def stop(
-    runs: Annotated[list[str], typer.Argument(help="Run ids (or unique prefixes).")],
+    runs: Annotated[
+        list[str] | None, typer.Argument(help="Run ids (or unique prefixes).")] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option("--sweep", help="Stop every trial of this sweep not yet final, queued "
+                                     "ones included."),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Stop runs. The runner forwards the stop to prime-rl, waits for it to exit, records
@@ -21,14 +27,25 @@ def stop(
     \\b
       prm stop reverse-text-261129-103005-beef
       prm stop rev                 # a unique prefix is enough
+      prm stop --sweep lr-sweep-261129
     """
     from primerl_modal.backends import get_backend
+    from primerl_modal.errors import UsageError
     from primerl_modal.planning import run_index
     from primerl_modal.ui import console
 
     index = run_index()
     results = []
-    for run in runs:
+    if sweep:
+        found = index.find_sweep(sweep)
+        trials = index.list(sweep_id=found.sweep_id)
+        for line in get_backend(found.backend, index).stop_sweep(found, trials):
+            console.err().print(line, highlight=False)
+        results = [{"run_id": t.run_id, "status": t.status, "message": "sweep stopped"}
+                   for t in index.list(sweep_id=found.sweep_id)]
+    elif not runs:
+        raise UsageError("name the runs to stop, or --sweep ID", "see prm stop --help")
+    for run in runs or []:
         record = index.find(run)
         message = get_backend(record.backend, index).stop(record)
         final = index.get(record.run_id) or record

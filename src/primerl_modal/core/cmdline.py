@@ -58,7 +58,7 @@ def flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, A
     """Leaves of a nested table as (dotted key, value), in insertion order."""
     for key, value in table.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
+        if isinstance(value, dict) and value:
             yield from flatten(value, dotted + ".")
         else:
             yield dotted, value
@@ -85,8 +85,10 @@ def override_args(overrides: Mapping[str, Any], dialect: str) -> list[str]:
     args: list[str] = []
     managed = _MANAGED[dialect]
     for dotted, value in flatten(overrides):
-        for key, use in managed.items():
-            if dotted == key or dotted.startswith(key + "."):
+        parts = dotted.split(".")
+        for n in range(1, len(parts) + 1):
+            use = managed.get(".".join(parts[:n]))
+            if use:
                 raise PlanError(
                     f"override {dotted!r} is set by prm for every run", f"use {use} instead"
                 )

@@ -87,6 +87,7 @@ class Plan:
     memory_mb: int | None = None
     ckpt_interval: int | None = None
     pass_env: tuple[str, ...] = ()  # local variables sent as a per-run secret (names only)
+    sweep_id: str | None = None
     warnings: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -145,6 +146,7 @@ class Plan:
             "memory_mb": self.memory_mb,
             "ckpt_interval": self.ckpt_interval,
             "pass_env": list(self.pass_env),
+            "sweep_id": self.sweep_id,
             "warnings": list(self.warnings),
             "sources": dict(self.sources),
         }
@@ -174,8 +176,11 @@ def build_plan(
     layout: Layout = MODAL_LAYOUT,
     read_text: Callable[[Path], str] = lambda p: p.read_text(encoding="utf-8"),
     pass_env: tuple[str, ...] = (),
+    run_id: str | None = None,
+    sweep_id: str | None = None,
 ) -> Plan:
-    """The plan for one run of ``profile``; ``now`` and ``token`` make the run id.
+    """The plan for one run of ``profile``; ``now`` and ``token`` make the run id (unless
+    ``run_id`` is given, as for sweep trials).
 
     Raises PlanError for anything that would not launch: GPU split, dialect, missing
     configs, timeout, retries, names, overrides of keys prm manages.
@@ -186,7 +191,7 @@ def build_plan(
         raise PlanError(
             f"unknown prime_rl.dialect {dialect!r}", f"use one of: {', '.join(DIALECTS)}"
         )
-    run_id = make_run_id(g("experiment.name"), now, token)
+    run_id = run_id or make_run_id(g("experiment.name"), now, token)
     timeout_s = parse_duration(g("modal.timeout"), what="modal.timeout")
     if timeout_s > MAX_TIMEOUT_S:
         raise PlanError(
@@ -275,6 +280,7 @@ def build_plan(
         memory_mb=g("modal.memory"),
         ckpt_interval=g("prime_rl.ckpt_interval"),
         pass_env=tuple(dict.fromkeys(pass_env)),
+        sweep_id=sweep_id,
         warnings=tuple(warnings),
         sources=dict(profile.sources),
     )
@@ -305,5 +311,6 @@ def plan_from_json(data: Mapping[str, Any]) -> Plan:
         wandb=cmdline.Wandb(w["project"], w["name"], w["entity"], w["group"]),
         region=data["region"], cpu=data["cpu"], memory_mb=data["memory_mb"],
         ckpt_interval=data["ckpt_interval"], pass_env=tuple(data.get("pass_env", ())),
+        sweep_id=data.get("sweep_id"),
         warnings=tuple(data["warnings"]), sources=data["sources"],
     )

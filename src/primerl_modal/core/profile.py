@@ -6,6 +6,7 @@ Resolution order (later wins): built-in defaults < the root parent ... < the pro
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 import tomllib
@@ -53,9 +54,15 @@ class ResolvedProfile:
     sources: Mapping[str, str] = field(default_factory=dict)  # dotted leaf -> layer label
 
     def get(self, dotted: str) -> Any:
-        node: Any = self.data
+        section, _, rest = dotted.partition(".")
+        node: Any = self.data.get(section)
+        if not rest:
+            return node
+        if type(node) is dict and "." not in rest:  # the common section.key
+            return node.get(rest)
+        node = self.data
         for part in dotted.split("."):
-            if not isinstance(node, Mapping) or part not in node:
+            if type(node) is not dict or part not in node:  # tables are plain dicts
                 return None
             node = node[part]
         return node
@@ -234,18 +241,19 @@ def _did_you_mean(word: str, options: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _merge(dst: dict[str, Any], src: Mapping[str, Any], label: str, sources: dict[str, str],
+def _merge(dst: dict[str, Any], src: dict[str, Any], label: str, sources: dict[str, str],
            prefix: str = "") -> None:
     for key, value in src.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
-            _merge(dst[key], value, label, sources, dotted + ".")
-        elif isinstance(value, Mapping):
-            dst[key] = {}
-            _merge(dst[key], value, label, sources, dotted + ".")
+        old = dst.get(key)
+        if isinstance(value, dict):
+            if not isinstance(old, dict):
+                dst[key] = old = {}
+            _merge(old, value, label, sources, dotted + ".")
         else:
-            for stale in [s for s in sources if s.startswith(dotted + ".")]:
-                del sources[stale]
+            if isinstance(old, dict):  # a table replaced by a value: forget its leaves
+                for stale in [s for s in sources if s.startswith(dotted + ".")]:
+                    del sources[stale]
             dst[key] = value
             sources[dotted] = label
 
@@ -270,21 +278,38 @@ def resolve(name: str, search: SearchPath, settings: Sequence[Setting] = ()) -> 
     for file, content in chain:
         body = {k: v for k, v in content.items() if k != "extends"}
         _merge(data, _anchor_paths(body, file.parent), _label(file, search), sources)
-    keys = {s.key for s in settings}
-    if keys & {"gpu.count", "gpu.trainer_ratio"} and not keys & {"gpu.trainer", "gpu.inference"}:
-        # A new count or ratio on the command line replaces an explicit split from a file.
-        for k in ("trainer", "inference"):
-            data.get("gpu", {}).pop(k, None)
-            sources.pop(f"gpu.{k}", None)
-    for s in settings:
-        _merge(data, _anchor_paths(_nest(s.key, s.value), search.cwd), s.source, sources)
-    stem = path.stem
     data.setdefault("experiment", {})
     if not data["experiment"].get("name"):
-        data["experiment"]["name"] = stem
+        data["experiment"]["name"] = path.stem
         sources["experiment.name"] = "file name"
-    resolved = ResolvedProfile(stem, path, tuple(p for p, _ in chain), data, sources)
-    validate(resolved)
+    base = ResolvedProfile(path.stem, path, tuple(p for p, _ in chain), data, sources)
+    validate(base)
+    return with_settings(base, settings, search.cwd)
+
+
+def with_settings(profile: ResolvedProfile, settings: Sequence[Setting],
+                  cwd: Path) -> ResolvedProfile:
+    """``profile`` with CLI (or sweep trial) settings on top; only the sections they touch
+    are copied, so a sweep can layer thousands of trials on one resolved base.
+
+    Raises ProfileError for a value of the wrong type.
+    """
+    if not settings:
+        return profile
+    keys = {s.key for s in settings}
+    touched = {k.partition(".")[0] for k in keys}
+    data = {k: (copy.deepcopy(v) if k in touched else v) for k, v in profile.data.items()}
+    sources = dict(profile.sources)
+    if keys & {"gpu.count", "gpu.trainer_ratio"} and not keys & {"gpu.trainer", "gpu.inference"}:
+        # A new count or ratio on the command line replaces an explicit split from a file.
+        data["gpu"] = dict(data.get("gpu", {}))
+        for k in ("trainer", "inference"):
+            data["gpu"].pop(k, None)
+            sources.pop(f"gpu.{k}", None)
+    for s in settings:
+        _merge(data, _anchor_paths(_nest(s.key, s.value), cwd), s.source, sources)
+    resolved = ResolvedProfile(profile.name, profile.path, profile.chain, data, sources)
+    validate(resolved, touched)
     return resolved
 
 
@@ -312,13 +337,13 @@ _KIND_WORD = {
 _SECRET_PARTS = {"KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIALS"}
 
 
-def validate(profile: ResolvedProfile) -> None:
-    """Check every known key's type and the [env] table.
+def validate(profile: ResolvedProfile, sections: set[str] | None = None) -> None:
+    """Check every known key's type (of ``sections`` only, when given) and the [env] table.
 
     Raises ProfileError naming the key and the layer that set it.
     """
     for dotted, key in schema.BY_DOTTED.items():
-        if not key.section:
+        if not key.section or (sections is not None and key.section not in sections):
             continue
         value = profile.get(dotted)
         if value is None:

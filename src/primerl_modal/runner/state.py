@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,10 @@ def stop_requested(meta_dir: Path) -> bool:
 
 def request_stop(meta_dir: Path) -> None:
     (meta_dir / STOP_MARKER).write_text(str(now()))
+
+
+def runner_pid(status: Mapping[str, Any], fallback: int | None = None) -> int | None:
+    """The pid of the runner a status.json names (or ``fallback``)."""
+    runner = status.get("runner")
+    pid = runner.get("pid") if isinstance(runner, Mapping) else None
+    return int(pid) if pid else fallback

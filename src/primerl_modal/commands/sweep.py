@@ -1,0 +1,250 @@
+"""`prm sweep`: plan, cost, launch, list, show and resume hyperparameter sweeps."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from primerl_modal.ui.options import JsonOption
+
+
+class _SweepGroup(TyperGroup):
+    """`prm sweep FILE ...` and `prm sweep --resume ID` go to the hidden `start` command;
+    `prm sweep ls` and `prm sweep show ID` are ordinary subcommands."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_SweepGroup, no_args_is_help=True,
+    help="""Hyperparameter sweeps: one object, planned, costed, launched, followed and stopped
+    as a whole.
+
+    \b
+      prm sweep FILE [--dry-run] [--fail-fast] [--max-trials N --yes]
+      prm sweep PROFILE --grid KEY=V1,V2 [--grid KEY=...]
+      prm sweep --resume SWEEP-ID         relaunch its FAILED/STOPPED/LOST trials
+      prm sweep ls | prm sweep show SWEEP-ID
+
+    Examples:
+
+    \b
+      prm sweep examples/lr-sweep.toml --dry-run
+      prm sweep reverse-text --grid trainer.optim.lr=1e-6,3e-6,1e-5 --grid max_steps=20,40
+      prm sweep show lr-sweep-261129
+    """,
+)
+
+
+@app.command("start", hidden=True)
+def start(
+    target: Annotated[
+        str | None, typer.Argument(help="Sweep file, or a profile with --grid.",
+                                   show_default=False)] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option("--grid", help="KEY=V1,V2,... (repeatable): an inline grid over a profile."),
+    ] = None,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="KEY=VALUE for every trial (repeatable).")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="modal (default) or local.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the trial table and cost; launch nothing.")
+    ] = False,
+    max_trials: Annotated[
+        int, typer.Option("--max-trials", help="Refuse more trials than this without --yes.")
+    ] = 64,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Launch past --max-trials.")] = False,
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="Stop the sweep when a trial fails.")
+    ] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", metavar="SWEEP",
+                     help="Relaunch this sweep's FAILED/STOPPED/LOST trials, each resuming."),
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Plan and launch a sweep (see `prm sweep --help`).
+
+    Examples:
+
+    \b
+      prm sweep examples/lr-sweep.toml --dry-run
+    """
+    from primerl_modal.commands.run import cli_settings
+    from primerl_modal.core.profile import Setting
+    from primerl_modal.errors import UsageError
+    from primerl_modal.sweeps import plan_sweep, read_spec
+    from primerl_modal.ui import console
+
+    if resume:
+        _resume(resume, json_out)
+        return
+    if not target:
+        raise UsageError("prm sweep needs a sweep file (or a profile with --grid)",
+                         "see prm sweep --help")
+    settings = cli_settings(
+        gpu=None, gpus=None, gpu_type=None, trainer_ratio=None, tp=None, name=None, ref=None,
+        local_code=None, use_local_code=False, timeout=None, retries=None, trainer_config=None,
+        orchestrator_config=None, inference_config=None, sets=sets or [])
+    if backend:
+        settings.append(Setting("backend.kind", backend, "--backend"))
+    plan = plan_sweep(read_spec(target, grid or []), settings)
+    count = len(plan.trials)
+    if count > max_trials and not yes and not dry_run:
+        raise UsageError(f"the sweep has {count} trials, more than --max-trials {max_trials}",
+                         "check it with --dry-run, then add --yes (or raise --max-trials)")
+    if dry_run:
+        if json_out:
+            console.print_json(plan.to_json())
+        else:
+            _trial_table(plan)
+        return
+    from primerl_modal.backends import get_backend
+    from primerl_modal.planning import run_index
+
+    index = run_index()
+    record = get_backend(plan.backend, index).launch_sweep(plan, fail_fast=fail_fast)
+    if json_out:
+        from dataclasses import asdict
+
+        console.print_json(asdict(record))
+    else:
+        sid = record.sweep_id
+        holder = ("by a controller on Modal: the laptop may close" if record.backend == "modal"
+                  else "by a detached controller process: closing this shell does not stop it")
+        console.err().print(
+            f"[bold]launched sweep[/] {sid}: {count} trials on {record.backend}, at most "
+            f"{record.max_parallel} at once, held {holder}\n  progress: prm sweep show {sid}"
+            f"    runs: prm ls --sweep {sid}    stop: prm stop --sweep {sid}")
+        console.out().print(sid)
+
+
+def _trial_table(plan: Any) -> None:
+    from rich.table import Table
+
+    from primerl_modal.ui import console
+
+    varying = [k for k in plan.trials[0].overrides
+               if len({repr(t.overrides.get(k)) for t in plan.trials}) > 1]
+    table = Table(title=f"sweep {plan.sweep_id} ({plan.spec.method}, {len(plan.trials)} trials, "
+                        f"at most {plan.spec.max_parallel} at once)", title_justify="left")
+    for col in ("#", "run id", *varying, "gpus", "$/h", "worst $"):
+        table.add_column(col, justify="right" if col in ("#", "$/h", "worst $") else "left")
+    for t in plan.trials:
+        p = t.plan
+        table.add_row(str(t.index), p.run_id, *(repr(t.overrides[k]) for k in varying),
+                      p.gpu.short, f"{p.cost.per_hour_usd:,.2f}", f"{p.cost.max_usd:,.2f}")
+    console.out().print(table)
+    console.out().print(f"total: ${plan.total_per_hour():,.2f}/h if all ran at once; at most "
+                        f"${plan.total_max():,.2f} if every attempt of every trial hit its "
+                        "timeout")
+
+
+def _resume(sweep_id: str, json_out: bool) -> None:
+    from primerl_modal.backends import get_backend
+    from primerl_modal.planning import run_index
+    from primerl_modal.ui import console
+
+    index = run_index()
+    sweep = index.find_sweep(sweep_id)
+    backend = get_backend(sweep.backend, index)
+    trials = backend.refresh(index.list(sweep_id=sweep.sweep_id))
+    again = backend.resume_sweep(sweep, trials)
+    if json_out:
+        console.print_json([r.run_id for r in again])
+    else:
+        console.err().print(f"resuming {len(again)} trial(s) of {sweep.sweep_id}: "
+                            + ", ".join(r.run_id for r in again))
+
+
+@app.command("ls")
+def ls(json_out: JsonOption = False) -> None:
+    """Sweeps, newest first: trials by status, best metric, cost so far.
+
+    Examples:
+
+    \b
+      prm sweep ls
+    """
+    from primerl_modal.commands.ls import refresh_all
+    from primerl_modal.planning import run_index
+    from primerl_modal.ui.runs import cost_usd
+    from primerl_modal.ui.table import Column, emit
+
+    index = run_index()
+    rows = []
+    for s in index.sweeps():
+        trials = refresh_all(index, index.list(sweep_id=s.sweep_id))
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        rows.append((s, counts, round(sum(cost_usd(t, _now()) for t in trials), 2)))
+    columns: list[Column[Any]] = [
+        Column("sweep_id", "sweep", lambda r: r[0].sweep_id),
+        Column("name", "name", lambda r: r[0].name),
+        Column("trials", "trials", lambda r: r[0].trials, justify="right"),
+        Column("statuses", "statuses", lambda r: r[1],
+               lambda v: " ".join(f"{k}:{n}" for k, n in sorted(v.items()))),
+        Column("max_parallel", "parallel", lambda r: r[0].max_parallel, justify="right"),
+        Column("cost_usd", "cost", lambda r: r[2], lambda v: f"${v:,.2f}", "right"),
+        Column("backend", "on", lambda r: r[0].backend),
+    ]
+    emit(rows, columns, json_out=json_out, empty="no sweeps yet: prm sweep FILE")
+
+
+@app.command("show")
+def show(
+    sweep_id: Annotated[str, typer.Argument(help="Sweep id (or a unique prefix).")],
+    json_out: JsonOption = False,
+) -> None:
+    """A sweep's trials, best first by its metric and goal, with status, step and cost.
+
+    Examples:
+
+    \b
+      prm sweep show lr-sweep-261129
+    """
+    from primerl_modal.commands.ls import refresh_all
+    from primerl_modal.planning import run_index
+    from primerl_modal.ui import console
+    from primerl_modal.ui.runs import run_columns
+    from primerl_modal.ui.table import emit
+
+    index = run_index()
+    sweep = index.find_sweep(sweep_id)
+    trials = refresh_all(index, index.list(sweep_id=sweep.sweep_id))
+    ranked = rank(trials, sweep.goal)
+    if not json_out:
+        console.err().print(
+            f"sweep {sweep.sweep_id} ({sweep.name}): {len(trials)} trials, ranked by "
+            f"{sweep.metric} ({sweep.goal}); at most {sweep.max_parallel} at once")
+    emit(ranked, run_columns(), json_out=json_out, empty="the sweep has no trials")
+    if not json_out:
+        from primerl_modal.ui.runs import cost_usd
+
+        total = sum(cost_usd(t, _now()) for t in trials)
+        console.err().print(f"total cost so far: ${total:,.2f}")
+
+
+def rank(trials: list[Any], goal: str) -> list[Any]:
+    """Best first: trials with a metric value by the goal, then the rest in index order."""
+    scored = [t for t in trials if t.metric_value is not None]
+    rest = [t for t in trials if t.metric_value is None]
+    scored.sort(key=lambda t: t.metric_value, reverse=goal == "max")
+    return scored + sorted(rest, key=lambda t: int(t.run_id.rsplit("-", 1)[1]))
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
