@@ -184,3 +184,18 @@ def test_a_missing_launcher_fails_cleanly(local_profile, fast_fake):
                io.StringIO())
     assert code == 127
     assert status_of(plan)["status"] == "FAILED"
+
+
+def test_a_second_sigterm_while_recording_the_end_does_not_lose_it(local_profile, fast_fake,
+                                                                   tmp_path, monkeypatch):
+    """A stop and a cancel (or two preemption notices) send SIGTERM twice: the runner must
+    still record how the attempt ended."""
+    monkeypatch.setenv("FAKE_RL_STEP_SECONDS", "0.15")
+    plan = make_plan(local_profile, parse_set("max_steps=40"))
+    proc = start_runner(plan, tmp_path, "--commit-every", "1000")
+    wait_for(lambda: status_of(plan).get("launcher_pid"), what="the launcher")
+    wait_for(lambda: (status_of(plan).get("progress") or {}).get("step"), what="a step")
+    for _ in range(5):  # a burst of signals, some arriving after the launcher has exited
+        proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert status_of(plan)["status"] == "STOPPED"

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -204,6 +205,7 @@ class ModalBackend:
                      for t in payload}
             self._upload_paths(sweep.outputs, {**files, **extra})
             arguments = {"sweep_id": sweep.sweep_id, "outputs_volume": sweep.outputs,
+                         "generation": secrets.token_hex(8),
                          "max_parallel": sweep.max_parallel, "fail_fast": bool(sweep.fail_fast),
                          "trials": payload}
             with app.run(name=sweep.sweep_id, detach=True):

@@ -71,9 +71,9 @@ def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
     sweep_id = sweep["sweep_id"]
     state_path = outputs / META_DIR / "sweeps" / sweep_id / "state.json"
     by_index = {t["index"]: t for t in sweep["trials"]}
-    me = modal.current_function_call_id()
+    me = sweep["generation"]
     previous = read_json(state_path) or {}
-    # A retried controller (same call) carries on; a new one (a resume) starts afresh.
+    # A retried controller (the same input) carries on; a new one (a resume) starts afresh.
     saved = ({t["index"]: t for t in previous.get("trials", [])}
              if previous.get("controller") == me else {})
     trials = [TrialState(**saved[i]) if i in saved else TrialState(i, t["run_id"])

@@ -63,6 +63,11 @@ def start(
         int, typer.Option("--max-trials", help="Refuse more trials than this without --yes.")
     ] = 64,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Launch past --max-trials.")] = False,
+    max_parallel: Annotated[
+        int | None,
+        typer.Option("--max-parallel", help="At most N trials at once (default: the sweep "
+                                            "file's max_parallel, else 4)."),
+    ] = None,
     fail_fast: Annotated[
         bool, typer.Option("--fail-fast", help="Stop the sweep when a trial fails.")
     ] = False,
@@ -98,7 +103,14 @@ def start(
         orchestrator_config=None, inference_config=None, sets=sets or [])
     if backend:
         settings.append(Setting("backend.kind", backend, "--backend"))
-    plan = plan_sweep(read_spec(target, grid or []), settings)
+    spec = read_spec(target, grid or [])
+    if max_parallel is not None:
+        if max_parallel < 1:
+            raise UsageError("--max-parallel must be at least 1")
+        from dataclasses import replace
+
+        spec = replace(spec, max_parallel=max_parallel)
+    plan = plan_sweep(spec, settings)
     count = len(plan.trials)
     if count > max_trials and not yes and not dry_run:
         raise UsageError(f"the sweep has {count} trials, more than --max-trials {max_trials}",

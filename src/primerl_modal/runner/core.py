@@ -120,12 +120,14 @@ class Runner:
                 previous[sig] = signal.signal(sig, self._on_signal)
         try:
             code = self._supervise(argv, sink, tailer, progress)
+            # Still ours until the end is recorded and committed: a second SIGTERM (a stop
+            # and a cancel, a preemption notice twice) must not kill the bookkeeping.
+            self._finish(code, sink, progress)
+            sink.close()
+            self.commit()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self._finish(code, sink, progress)
-        sink.close()
-        self.commit()
         return code
 
     def _supervise(self, argv: list[str], sink: Sink, tailer: LogTailer,
