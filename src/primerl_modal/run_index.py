@@ -81,7 +81,7 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class RunRecord:
     """One row of the index: what `prm ls` shows, and how to find the run again."""
 
@@ -120,6 +120,7 @@ class RunRecord:
 
 
 COLUMNS = tuple(f.name for f in fields(RunRecord))
+_COLS = ", ".join(COLUMNS)
 
 
 @dataclass
@@ -254,7 +255,7 @@ class RunIndex:
             raise self._broken(str(e)) from None
 
     def get(self, run_id: str) -> RunRecord | None:
-        row = self.db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        row = self.db.execute(f"SELECT {_COLS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return _record(row) if row else None
 
     def find(self, text: str) -> RunRecord:
@@ -267,7 +268,8 @@ class RunIndex:
             return exact
         pattern = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         rows = self.db.execute(
-            "SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' ORDER BY created_at DESC LIMIT 11",
+            f"SELECT {_COLS} FROM runs WHERE run_id LIKE ? ESCAPE '\\' "
+            "ORDER BY created_at DESC LIMIT 11",
             (pattern,),
         ).fetchall()
         if len(rows) == 1:
@@ -291,7 +293,7 @@ class RunIndex:
         if since is not None:
             where.append("created_at >= ?")
             params.append(since)
-        sql = "SELECT * FROM runs"
+        sql = f"SELECT {_COLS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC"
@@ -301,7 +303,7 @@ class RunIndex:
 
 
 def _record(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(**{c: row[c] for c in COLUMNS})
+    return RunRecord(*row)  # every query selects COLUMNS, in the dataclass's field order
 
 
 def open_index(home: Path) -> RunIndex:

@@ -3,18 +3,19 @@ once, and plan every trial before anything launches."""
 
 from __future__ import annotations
 
+import gc
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from primerl_modal import paths
-from primerl_modal.core.gpus import catalogue
-from primerl_modal.core.plan import Plan, build_plan
-from primerl_modal.core.profile import Setting, normalise_key, with_settings
+from primerl_modal.core.gpus import Catalogue, catalogue
+from primerl_modal.core.plan import Layout, Plan, build_plan
+from primerl_modal.core.profile import ResolvedProfile, Setting, normalise_key, with_settings
 from primerl_modal.core.profile import resolve as resolve_profile
 from primerl_modal.core.run_id import MAX_LEN, make_run_id
 from primerl_modal.core.sweep import SweepSpec, load_sweep_text, parse_grid_flag
@@ -78,7 +79,7 @@ def read_spec(target: str, grids: Sequence[str]) -> SweepSpec:
     if "/" in spec.profile or spec.profile.endswith(".toml"):
         # a path in a sweep file is relative to the sweep file
         base = base if base.is_absolute() else (path.parent / base).resolve()
-        return SweepSpec(**{**spec.__dict__, "profile": str(base)})
+        return replace(spec, profile=str(base))
     return spec
 
 
@@ -114,17 +115,30 @@ def plan_sweep(spec: SweepSpec, settings: Sequence[Setting] = (), *,
     layout = layout_for(base)
     prices = catalogue(paths.price_overrides())
     trials = []
-    for index, overrides in enumerate(_expand(spec)):
-        try:
-            trial = with_settings(base, trial_settings(overrides, index), search.cwd)
-            plan = build_plan(trial, prices, now=when, token=token, layout=layout,
-                              pass_env=tuple(pass_env), run_id=f"{sweep_id}-{index}",
-                              sweep_id=sweep_id)
-        except PrmError as e:
-            shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
-            raise type(e)(f"trial {index} ({shown}): {e.message}", e.hint) from None
-        trials.append(Trial(index, overrides, plan))
+    collecting = gc.isenabled()
+    gc.disable()  # thousands of plans, no cycles among them: collector passes are pure cost
+    try:
+        for index, overrides in enumerate(_expand(spec)):
+            trials.append(_plan_trial(base, index, overrides, prices, layout, when, token,
+                                      sweep_id, pass_env, search.cwd))
+    finally:
+        if collecting:
+            gc.enable()
     return SweepPlan(sweep_id, spec, tuple(trials))
+
+
+def _plan_trial(base: ResolvedProfile, index: int, overrides: dict[str, Any],
+                prices: Catalogue, layout: Layout, when: datetime, token: str, sweep_id: str,
+                pass_env: Sequence[str], cwd: Path) -> Trial:
+    try:
+        trial = with_settings(base, trial_settings(overrides, index), cwd)
+        plan = build_plan(trial, prices, now=when, token=token, layout=layout,
+                          pass_env=tuple(pass_env), run_id=f"{sweep_id}-{index}",
+                          sweep_id=sweep_id)
+    except PrmError as e:
+        shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
+        raise type(e)(f"trial {index} ({shown}): {e.message}", e.hint) from None
+    return Trial(index, overrides, plan)
 
 
 def _expand(spec: SweepSpec) -> list[dict[str, Any]]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Protocol, TypeVar
 
 from primerl_modal.core.selection import RemoteFile, safe_dest
 
+T = TypeVar("T")
 WORKERS = 128
 PART = ".prm-part"
 
@@ -20,6 +21,10 @@ PART = ".prm-part"
 class Source(Protocol):
     async def fetch(self, item: RemoteFile, out: IO[bytes],
                     progress: Callable[[int], None]) -> None: ...
+
+    def run(self, main: Callable[[], Awaitable[T]]) -> T:
+        """Run the transfer's event loop (a source may have a loop of its own to use)."""
+        ...
 
 
 @dataclass
@@ -32,10 +37,6 @@ class Outcome:
     def to_json(self) -> dict[str, object]:
         return {"path": self.path, "size": self.size, "status": self.status,
                 **({"error": self.error} if self.error else {})}
-
-
-def _inside(root: Path, target: Path) -> bool:
-    return target.resolve().is_relative_to(root.resolve())
 
 
 def _present(target: Path, item: RemoteFile) -> bool:
@@ -51,11 +52,22 @@ async def pull_files(source: Source, files: list[RemoteFile], dest: Path,
                      workers: int = WORKERS) -> list[Outcome]:
     """Fetch ``files`` into ``dest``; returns one outcome per file, in order."""
     dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
     gate = asyncio.Semaphore(workers)
+    folders: dict[Path, bool] = {}  # each folder made and checked once, not once per file
+
+    def inside(target: Path) -> bool:
+        # safe_dest rules out '..' and absolute paths; what is left is a symlink under DEST
+        # pointing out of it, so resolving each folder once is enough.
+        folder = target.parent
+        if folder not in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            folders[folder] = folder.resolve().is_relative_to(root)
+        return folders[folder] and not target.is_symlink()
 
     async def one(item: RemoteFile) -> Outcome:
         target = dest / item.dest
-        if not safe_dest(item.dest) or not _inside(dest, target):
+        if not safe_dest(item.dest) or not inside(target):
             outcome = Outcome(item.dest, item.size, "refused", "path would leave DEST")
         elif _present(target, item):
             outcome = Outcome(item.dest, item.size, "present")
@@ -70,7 +82,6 @@ async def pull_files(source: Source, files: list[RemoteFile], dest: Path,
 
 async def _download(source: Source, item: RemoteFile, target: Path,
                     on_bytes: Callable[[int], None]) -> Outcome:
-    target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + PART)
     try:
         with open(part, "wb") as out:

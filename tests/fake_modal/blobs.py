@@ -73,7 +73,7 @@ class BlobServer:
         if self._httpd is not None:
             return
         handler = type("_BoundHandler", (_Handler,), {"store": self.store})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _BlobHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="fake-modal-blobs", daemon=True
@@ -169,3 +169,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+class _BlobHTTPServer(ThreadingHTTPServer):
+    # Clients open over a hundred block downloads at once (as against Modal's storage);
+    # the stdlib's default backlog of 5 would drop connections and stall them on retries.
+    request_queue_size = 1024
+    daemon_threads = True

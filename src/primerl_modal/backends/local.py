@@ -10,9 +10,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from primerl_modal import paths
 from primerl_modal.backends.base import apply_status, new_record, read_status, record_from_stored
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from primerl_modal.sweeps import SweepPlan
 from primerl_modal.ui.console import warn
 
+T = TypeVar("T")
 STOP_WAIT_S = 40.0  # the runner's grace (25 s) plus time to commit
 
 
@@ -348,6 +349,9 @@ def attempt_logs(logs: Path) -> list[tuple[int, Path]]:
 
 
 class LocalSource:
+    def run(self, main: Callable[[], Awaitable[T]]) -> T:
+        return asyncio.run(main())  # type: ignore[arg-type]
+
     async def fetch(self, item: RemoteFile, out: IO[bytes],
                     progress: Callable[[int], None]) -> None:
         def copy() -> None:

@@ -3,6 +3,7 @@ runner on the run's GPUs. The only client-side module that imports modal."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -10,9 +11,9 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import modal
 import modal.exception
@@ -32,6 +33,7 @@ from primerl_modal.runner.state import STOP_MARKER
 from primerl_modal.sweeps import SweepPlan, sweep_record
 from primerl_modal.transfer import Source
 
+T = TypeVar("T")
 # A missing volume path: the client raises the builtin for it, the server NotFoundError.
 MISSING = (FileNotFoundError, modal.exception.NotFoundError)
 SECRET_KEYS = {"wandb": "WANDB_API_KEY", "huggingface": "HF_TOKEN"}
@@ -459,8 +461,8 @@ class ModalBackend:
         items = []
         with modal_errors():
             for root, prefix in ((record.run_id, ""), (f"{META_DIR}/{record.run_id}", "_prm/")):
-                try:
-                    entries = list(volume.iterdir(root, recursive=True))
+                try:  # one call for the whole listing, not a round trip per entry
+                    entries = volume.listdir(root, recursive=True)
                 except MISSING:
                     continue
                 for e in entries:
@@ -471,8 +473,27 @@ class ModalBackend:
 
 
 class ModalSource:
+    """Fetches from a volume. The transfer runs on the modal client's own event loop and
+    awaits the volume's async implementation directly: one loop, no hop between threads
+    for each file (what `modal volume get` does too). Should that internal API move, it
+    falls back to the public `.aio` methods on a loop of its own."""
+
     def __init__(self, volume: modal.Volume) -> None:
         self.volume = volume
+        self._read: Callable[..., Awaitable[Any]] = volume.read_file_into_fileobj.aio
+        self._synchronizer: Any = None
+        try:
+            from modal._utils.async_utils import synchronizer
+
+            self._read = synchronizer._translate_in(volume).read_file_into_fileobj
+            self._synchronizer = synchronizer
+        except (ImportError, AttributeError):
+            pass
+
+    def run(self, main: Callable[[], Awaitable[T]]) -> T:
+        if self._synchronizer is None:
+            return asyncio.run(main())  # type: ignore[arg-type]
+        return self._synchronizer.create_blocking(main)()
 
     async def fetch(self, item: RemoteFile, out: IO[bytes],
                     progress: Callable[[int], None]) -> None:
@@ -480,7 +501,7 @@ class ModalSource:
             if advance:
                 progress(advance)
 
-        await self.volume.read_file_into_fileobj.aio(item.remote, out, progress_cb=on_progress)
+        await self._read(item.remote, out, progress_cb=on_progress)
 
 
 _ATTEMPT = re.compile(r": attempt (\d+)$")

@@ -40,8 +40,6 @@ def pull(
       prm pull math-8x-261129 ./ckpt --only checkpoints --step latest
       prm pull math-8x-261129 --only logs,metrics --json
     """
-    import asyncio
-
     from primerl_modal.backends import get_backend
     from primerl_modal.core.selection import parse_only, select
     from primerl_modal.planning import run_index
@@ -78,8 +76,8 @@ def pull(
                 bar.advance(task, outcome.size)
             bar.update(task, description=f"{done}/{len(chosen)} files")
 
-        outcomes = asyncio.run(pull_files(source, chosen, target,
-                                          lambda n: bar.advance(task, n), on_file))
+        outcomes = source.run(lambda: pull_files(source, chosen, target,
+                                                 lambda n: bar.advance(task, n), on_file))
     counts = {s: sum(1 for o in outcomes if o.status == s)
               for s in ("downloaded", "present", "refused", "failed")}
     if json_out:

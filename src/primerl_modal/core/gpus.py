@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from primerl_modal.errors import PrmError
 
@@ -35,6 +35,11 @@ _BUILTIN = (
 @dataclass(frozen=True)
 class Catalogue:
     types: tuple[GpuType, ...]
+    _by_name: dict[str, GpuType] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_name = {a.upper(): t for t in self.types for a in (t.name, *t.aliases)}
+        object.__setattr__(self, "_by_name", by_name)
 
     def names(self) -> list[str]:
         return [t.name for t in self.types]
@@ -45,9 +50,9 @@ class Catalogue:
         Raises PrmError naming the known types when there is none.
         """
         wanted = name.strip().upper()
-        for t in self.types:
-            if wanted == t.name.upper() or wanted in (a.upper() for a in t.aliases):
-                return t
+        found = self._by_name.get(wanted)
+        if found is not None:
+            return found
         close = difflib.get_close_matches(wanted, [t.name.upper() for t in self.types], n=1)
         guess = f"did you mean {self._spelled(close[0])}? " if close else ""
         raise PrmError(

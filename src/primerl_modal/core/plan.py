@@ -185,7 +185,14 @@ def build_plan(
     Raises PlanError for anything that would not launch: GPU split, dialect, missing
     configs, timeout, retries, names, overrides of keys prm manages.
     """
-    g = profile.get
+    tables = profile.data
+
+    def g(dotted: str) -> Any:
+        # one dict lookup per section.key: this runs for every trial of a sweep
+        section, _, key = dotted.partition(".")
+        table = tables.get(section)
+        return table.get(key) if isinstance(table, dict) else None
+
     dialect = g("prime_rl.dialect")
     if dialect not in DIALECTS:
         raise PlanError(
@@ -228,7 +235,7 @@ def build_plan(
         else:
             configs[role] = value
     wandb = cmdline.Wandb(g("wandb.project"), run_id, g("wandb.entity"), g("wandb.group"))
-    overrides = g("overrides") or {}
+    overrides = tables.get("overrides") or {}
     if dialect == "current":
         argv = cmdline.current_argv(
             configs["config"], gpus, layout.outputs_root, run_id, wandb,
@@ -247,7 +254,7 @@ def build_plan(
             "when built, so runs are not reproducible; pin a commit hash"
         )
     env = {k: str(v).lower() if isinstance(v, bool) else str(v)
-           for k, v in (g("env") or {}).items()}
+           for k, v in (tables.get("env") or {}).items()}
     return Plan(
         run_id=run_id,
         backend=layout.backend,

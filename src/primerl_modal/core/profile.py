@@ -6,7 +6,6 @@ Resolution order (later wins): built-in defaults < the root parent ... < the pro
 
 from __future__ import annotations
 
-import copy
 import difflib
 import re
 import tomllib
@@ -218,9 +217,11 @@ def is_local_path(value: str) -> bool:
     return value.startswith(("./", "../", "/", "~"))
 
 
-def _anchor_paths(table: Mapping[str, Any], base: Path) -> dict[str, Any]:
+def _anchor_paths(table: dict[str, Any], base: Path) -> dict[str, Any]:
     """Local paths in [prime_rl] made absolute against ``base`` (the directory of the
     file that wrote them, or the working directory for CLI flags)."""
+    if "prime_rl" not in table and "local" not in table:
+        return table
     out = dict(table)
     for name, always in (("prime_rl", {"local_code"}), ("local", {"prime_rl_dir", "outputs_dir"})):
         section = table.get(name)
@@ -287,6 +288,29 @@ def resolve(name: str, search: SearchPath, settings: Sequence[Setting] = ()) -> 
     return with_settings(base, settings, search.cwd)
 
 
+def _set_leaf(data: dict[str, Any], dotted: str, value: Any, label: str,
+              sources: dict[str, str]) -> None:
+    """What merging ``_nest(dotted, value)`` does for a plain value, without building it."""
+    head, _, rest = dotted.partition(".")
+    parts = [head, rest] if head == "env" else dotted.split(".")  # env names keep their dots
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            node[part] = child = {}
+        node = child
+    if isinstance(node.get(parts[-1]), dict):  # a table replaced by a value: forget its leaves
+        for stale in [k for k in sources if k.startswith(dotted + ".")]:
+            del sources[stale]
+    node[parts[-1]] = value
+    sources[dotted] = label
+
+
+def _copy_tables(value: Any) -> Any:
+    """A copy of nested tables (dicts); values themselves are shared, never mutated."""
+    return {k: _copy_tables(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
 def with_settings(profile: ResolvedProfile, settings: Sequence[Setting],
                   cwd: Path) -> ResolvedProfile:
     """``profile`` with CLI (or sweep trial) settings on top; only the sections they touch
@@ -298,7 +322,7 @@ def with_settings(profile: ResolvedProfile, settings: Sequence[Setting],
         return profile
     keys = {s.key for s in settings}
     touched = {k.partition(".")[0] for k in keys}
-    data = {k: (copy.deepcopy(v) if k in touched else v) for k, v in profile.data.items()}
+    data = {k: (_copy_tables(v) if k in touched else v) for k, v in profile.data.items()}
     sources = dict(profile.sources)
     if keys & {"gpu.count", "gpu.trainer_ratio"} and not keys & {"gpu.trainer", "gpu.inference"}:
         # A new count or ratio on the command line replaces an explicit split from a file.
@@ -307,7 +331,10 @@ def with_settings(profile: ResolvedProfile, settings: Sequence[Setting],
             data["gpu"].pop(k, None)
             sources.pop(f"gpu.{k}", None)
     for s in settings:
-        _merge(data, _anchor_paths(_nest(s.key, s.value), cwd), s.source, sources)
+        if isinstance(s.value, dict) or s.key.startswith(("prime_rl.", "local.")):
+            _merge(data, _anchor_paths(_nest(s.key, s.value), cwd), s.source, sources)
+        else:
+            _set_leaf(data, s.key, s.value, s.source, sources)
     resolved = ResolvedProfile(profile.name, profile.path, profile.chain, data, sources)
     validate(resolved, touched)
     return resolved

@@ -28,7 +28,10 @@ class Column(Generic[T]):
 def emit(rows: Sequence[T], columns: Sequence[Column[T]], *, json_out: bool,
          empty: str = "nothing to show") -> None:
     if json_out:
-        console.print_json([{c.key: c.value(r) for c in columns} for r in rows])
+        keys = [c.key for c in columns]
+        values = [c.value for c in columns]
+        console.print_json([dict(zip(keys, [f(r) for f in values], strict=True))
+                            for r in rows])
         return
     if not rows:
         console.err().print(empty)
