@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from primerl_modal.ui.options import JsonOption
+from primerl_modal.ui.options import JsonOption, RunArg
 
 if TYPE_CHECKING:
     from primerl_modal.core.logs import LogLine
 
 
 def logs(
-    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    run: RunArg,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")
     ] = False,

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from primerl_modal.ui.options import JsonOption
+from primerl_modal.ui.options import JsonOption, RunArg
 
 
 def pull(
-    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    run: RunArg,
     dest: Annotated[
         Path | None,
         typer.Argument(help="Where to put the files (default ./outputs/RUN-ID).",

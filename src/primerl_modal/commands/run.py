@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from primerl_modal.errors import UsageError
+from primerl_modal.ui import complete
 from primerl_modal.ui.options import JsonOption
 
 if TYPE_CHECKING:
@@ -60,7 +61,8 @@ def cli_settings(
 def run(
     profile: Annotated[
         str | None,
-        typer.Argument(help="Profile name or path (default: reverse-text).", show_default=False),
+        typer.Argument(help="Profile name or path (default: reverse-text).", show_default=False,
+                       autocompletion=complete.profiles),
     ] = None,
     gpu: Annotated[
         str | None, typer.Option("--gpu", help="GPU type and count, e.g. H100:8.")
@@ -130,7 +132,7 @@ def run(
     ] = None,
     resume: Annotated[
         str | None,
-        typer.Option("--resume", metavar="RUN",
+        typer.Option("--resume", metavar="RUN", autocompletion=complete.run_ids,
                      help="Relaunch a FAILED/STOPPED/LOST run as a new attempt that resumes."),
     ] = None,
     json_out: JsonOption = False,

@@ -6,15 +6,13 @@ import json
 import time
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from primerl_modal.ui.options import JsonOption
+from primerl_modal.ui.options import JsonOption, RunArg
 
 
 def show(
-    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    run: RunArg,
     json_out: JsonOption = False,
 ) -> None:
     """Everything about one run: plan (GPU picture, command line, image, volumes, secret

@@ -6,16 +6,18 @@ from typing import Annotated
 
 import typer
 
+from primerl_modal.ui import complete
 from primerl_modal.ui.options import JsonOption
 
 
 def stop(
     runs: Annotated[
-        list[str] | None, typer.Argument(help="Run ids (or unique prefixes).")] = None,
+        list[str] | None, typer.Argument(help="Run ids (or unique prefixes).",
+                                    autocompletion=complete.run_ids)] = None,
     sweep: Annotated[
         str | None,
         typer.Option("--sweep", help="Stop every trial of this sweep not yet final, queued "
-                                     "ones included."),
+                                     "ones included.", autocompletion=complete.sweep_ids),
     ] = None,
     json_out: JsonOption = False,
 ) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from primerl_modal.ui import complete
 from primerl_modal.ui.options import JsonOption
 
 
@@ -73,7 +74,7 @@ def start(
     ] = False,
     resume: Annotated[
         str | None,
-        typer.Option("--resume", metavar="SWEEP",
+        typer.Option("--resume", metavar="SWEEP", autocompletion=complete.sweep_ids,
                      help="Relaunch this sweep's FAILED/STOPPED/LOST trials, each resuming."),
     ] = None,
     json_out: JsonOption = False,
@@ -216,7 +217,8 @@ def ls(json_out: JsonOption = False) -> None:
 
 @app.command("show")
 def show(
-    sweep_id: Annotated[str, typer.Argument(help="Sweep id (or a unique prefix).")],
+    sweep_id: Annotated[str, typer.Argument(help="Sweep id (or a unique prefix).",
+                                            autocompletion=complete.sweep_ids)],
     json_out: JsonOption = False,
 ) -> None:
     """A sweep's trials, best first by its metric and goal, with status, step and cost.
