@@ -34,6 +34,8 @@ from primerl_modal.sweeps import SweepPlan, sweep_record
 from primerl_modal.transfer import Source
 
 T = TypeVar("T")
+RPCS_IN_FLIGHT = 64  # block-URL requests at once: more only queues on Modal's side
+BLOCKS_IN_FLIGHT = 128
 # A missing volume path: the client raises the builtin for it, the server NotFoundError.
 MISSING = (FileNotFoundError, modal.exception.NotFoundError)
 SECRET_KEYS = {"wandb": "WANDB_API_KEY", "huggingface": "HF_TOKEN"}
@@ -474,18 +476,20 @@ class ModalBackend:
 
 class ModalSource:
     """Fetches from a volume. The transfer runs on the modal client's own event loop and
-    awaits the volume's async implementation directly: one loop, no hop between threads
-    for each file (what `modal volume get` does too). Should that internal API move, it
-    falls back to the public `.aio` methods on a loop of its own."""
+    awaits the volume's async implementation directly, with one pair of semaphores for all
+    files (block-URL RPCs and block downloads in flight): one loop, no hop between threads
+    for each file, as `modal volume get` does. Should that internal API move, it falls back
+    to the public `.aio` methods on a loop of its own."""
 
     def __init__(self, volume: modal.Volume) -> None:
         self.volume = volume
         self._read: Callable[..., Awaitable[Any]] = volume.read_file_into_fileobj.aio
         self._synchronizer: Any = None
+        self._gates: dict[str, Any] = {}
         try:
             from modal._utils.async_utils import synchronizer
 
-            self._read = synchronizer._translate_in(volume).read_file_into_fileobj
+            self._read = synchronizer._translate_in(volume)._read_file_into_fileobj
             self._synchronizer = synchronizer
         except (ImportError, AttributeError):
             pass
@@ -501,7 +505,13 @@ class ModalSource:
             if advance:
                 progress(advance)
 
-        await self._read(item.remote, out, progress_cb=on_progress)
+        if self._synchronizer is None:
+            await self._read(item.remote, out, progress_cb=on_progress)
+            return
+        if not self._gates:  # made on the running loop; shared by every file of the pull
+            self._gates = {"rpc_semaphore": asyncio.Semaphore(RPCS_IN_FLIGHT),
+                           "download_semaphore": asyncio.Semaphore(BLOCKS_IN_FLIGHT)}
+        await self._read(item.remote, out, progress_cb=on_progress, **self._gates)
 
 
 _ATTEMPT = re.compile(r": attempt (\d+)$")
