@@ -25,6 +25,7 @@ from primerl_modal.core.profile import ResolvedProfile
 from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunIndex, RunRecord, SweepRecord
+from primerl_modal.runner.core import reap_group
 from primerl_modal.runner.state import (
     STOP_MARKER,
     RunState,
@@ -74,6 +75,11 @@ def runner_alive(pid: int | None, what: bytes = b"primerl_modal.runner") -> bool
     return what in cmdline
 
 
+def _end_group(pgid: int | None) -> None:
+    if pgid:
+        reap_group(pgid)
+
+
 def spawn_runner(meta: Path, outputs_root: str) -> int:
     """Start a run's runner in its own session: it survives the shell that launched it."""
     argv = [sys.executable, "-m", "primerl_modal.runner", "--plan", str(meta / "plan.json"),
@@ -91,23 +97,6 @@ def sweep_dir(outputs_root: str, sweep_id: str) -> Path:
 def controller_alive(outputs_root: str, sweep_id: str) -> bool:
     state = read_json(sweep_dir(outputs_root, sweep_id) / "state.json") or {}
     return runner_alive(state.get("controller"), b"primerl_modal.backends.local_sweep")
-
-
-def _kill_group(pgid: int | None) -> None:
-    if not pgid:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(0.05)
 
 
 def local_layout(profile: ResolvedProfile) -> Layout:
@@ -181,7 +170,7 @@ class LocalBackend:
         if not st.is_final(record.status) and not queued and not runner_alive(pid):
             # The runner was killed without a chance to write its end: say so, and leave
             # no launcher behind it.
-            _kill_group(status.get("launcher_pid"))
+            _end_group(status.get("launcher_pid"))
             state = RunState(Path(record.meta_dir), dict(status))
             state.set_status(st.LOST, f"runner (pid {pid}) is gone without a final status;"
                              f" its errors, if any, are in {record.meta_dir}/runner.err")
@@ -206,7 +195,7 @@ class LocalBackend:
             # The runner did not finish its own bookkeeping: end it and record the stop.
             if pid and runner_alive(pid):
                 os.kill(pid, signal.SIGKILL)
-            _kill_group(status.get("launcher_pid"))
+            _end_group(status.get("launcher_pid"))
             state = RunState(meta, dict(status) or RunState.create(meta, record.run_id).data)
             state.set_status(st.STOPPED, "stopped by prm stop (runner did not answer)")
         record = self._refresh_one(record)

@@ -29,7 +29,7 @@ from primerl_modal.core.profile import ResolvedProfile
 from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunIndex, RunRecord, SweepRecord
-from primerl_modal.runner.state import STOP_MARKER
+from primerl_modal.runner.state import STOP_MARKER, json_object
 from primerl_modal.sweeps import SweepPlan, sweep_record
 from primerl_modal.transfer import Source
 
@@ -283,16 +283,7 @@ class ModalBackend:
                 batch.put_file(io.BytesIO(data), f"/{path}")
 
     def read_status(self, record: RunRecord) -> dict[str, Any] | None:
-        try:
-            data = b"".join(self._volume(record.outputs).read_file(
-                f"{META_DIR}/{record.run_id}/status.json"))
-        except MISSING:
-            return None
-        try:
-            status = json.loads(data)
-        except ValueError:
-            return None
-        return status if isinstance(status, dict) else None
+        return json_object(self._read(record.outputs, f"{META_DIR}/{record.run_id}/status.json"))
 
     def _live_apps(self) -> set[str]:
         return {a.app_id for a in modal.Environment.from_context().apps.list() if a.app_id}
@@ -378,11 +369,7 @@ class ModalBackend:
     def read_meta(self, record: RunRecord, name: str) -> bytes | None:
         require_token()
         with modal_errors():
-            try:
-                return b"".join(self._volume(record.outputs).read_file(
-                    f"{META_DIR}/{record.run_id}/{name}"))
-            except MISSING:
-                return None
+            return self._read(record.outputs, f"{META_DIR}/{record.run_id}/{name}")
 
     def stored_logs(self, record: RunRecord) -> Iterator[LogLine]:
         require_token()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from datetime import datetime
@@ -27,6 +26,7 @@ def show(
     """
     from primerl_modal.backends import get_backend
     from primerl_modal.planning import run_index
+    from primerl_modal.runner.state import json_object
     from primerl_modal.ui import console
     from primerl_modal.ui.runs import cost_usd
 
@@ -34,8 +34,8 @@ def show(
     record = index.find(run)
     backend = get_backend(record.backend, index)
     (record,) = backend.refresh([record])
-    plan = _json(backend.read_meta(record, "plan.json"))
-    status = _json(backend.read_meta(record, "status.json"))
+    plan = json_object(backend.read_meta(record, "plan.json"))
+    status = json_object(backend.read_meta(record, "status.json"))
     now = time.time()
     wandb = (plan or {}).get("wandb") or {}
     details: dict[str, Any] = {
@@ -55,16 +55,6 @@ def show(
         console.print_json(details)
         return
     _render(details)
-
-
-def _json(data: bytes | None) -> dict[str, Any] | None:
-    if not data:
-        return None
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _wandb_url(wandb: dict[str, Any]) -> str | None:

@@ -94,7 +94,7 @@ class Runner:
         if self.signal is None:
             self.signal, self.signal_at = signum, time.monotonic()
         if self.proc is not None:
-            _signal_group(self.proc.pid, signum)
+            signal_group(self.proc.pid, signum)
 
     def run(self) -> int:
         argv = self.prepare()
@@ -146,7 +146,7 @@ class Runner:
         self.state.data["launcher_pid"] = self.proc.pid
         self.state.save()
         if self.signal is not None:  # a signal that arrived while starting
-            _signal_group(self.proc.pid, self.signal)
+            signal_group(self.proc.pid, self.signal)
         reader = pump_pipe(self.proc.stdout.fileno(), sink)
         last_commit = last_save = time.monotonic()
         killed = dirty = False
@@ -158,7 +158,7 @@ class Runner:
                 if now - self.signal_at > self.options.grace:
                     sink.emit("runner", [f"launcher still alive {self.options.grace:g}s after "
                                          f"{signal.Signals(self.signal).name}: killing it"])
-                    _signal_group(self.proc.pid, signal.SIGKILL)
+                    signal_group(self.proc.pid, signal.SIGKILL)
                     killed = True
             dirty = progress.poll() or dirty
             since_save = now - last_save
@@ -171,7 +171,7 @@ class Runner:
                 self.commit()
                 last_commit = now
         code = self.proc.returncode
-        _reap_group(self.proc.pid)
+        reap_group(self.proc.pid)
         reader.join(timeout=5)
         tailer.poll(final=True)
         progress.poll()
@@ -205,14 +205,14 @@ class Runner:
         self.state.set_status(outcome, note)
 
 
-def _signal_group(pid: int, signum: int) -> None:
+def signal_group(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signum)
 
 
-def _reap_group(pgid: int, wait_s: float = 3.0) -> None:
+def reap_group(pgid: int, wait_s: float = 3.0) -> None:
     """Leave no orphans: whatever the launcher left in its group gets SIGTERM, then SIGKILL."""
-    _signal_group(pgid, signal.SIGTERM)
+    signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         try:
@@ -220,7 +220,7 @@ def _reap_group(pgid: int, wait_s: float = 3.0) -> None:
         except (ProcessLookupError, PermissionError):
             return
         time.sleep(0.05)
-    _signal_group(pgid, signal.SIGKILL)
+    signal_group(pgid, signal.SIGKILL)
 
 
 def run(plan: dict[str, Any], commit: Callable[[], None], options: RunnerOptions,

@@ -31,12 +31,22 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def json_object(data: bytes | str | None) -> dict[str, Any] | None:
+    """A JSON object from ``data``; None for nothing, bad JSON or another JSON type."""
+    if not data:
+        return None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return json_object(path.read_bytes())
+    except OSError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 class RunState:
