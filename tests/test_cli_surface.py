@@ -9,7 +9,7 @@ import typer
 
 from primerl_modal.cli import app
 
-DATA_COMMANDS = {"run", "ls", "logs", "show", "pull", "stop"}
+DATA_COMMANDS = {"run", "ls", "logs", "show", "pull", "stop", "doctor", "init"}
 
 
 def test_every_data_command_has_json():

@@ -7,6 +7,8 @@ import sys
 
 import typer
 
+from primerl_modal.commands.doctor import doctor
+from primerl_modal.commands.init import init
 from primerl_modal.commands.logs import logs
 from primerl_modal.commands.ls import ls
 from primerl_modal.commands.pull import pull
@@ -53,6 +55,8 @@ app.command()(show)
 app.command()(pull)
 app.command()(stop)
 app.add_typer(sweep_app, name="sweep")
+app.command()(doctor)
+app.command()(init)
 
 
 def run_cli(argv: list[str] | None = None) -> int:
