@@ -37,8 +37,9 @@ def test_ls_shows_statuses_steps_metrics_costs_and_filters(prm, local_profile, f
     assert by_id[ok]["cost_usd"] >= 0 and by_id[ok]["duration_s"] > 0
     assert [r["run_id"] for r in prm("ls", "--status", "failed", "--json").json()] == [bad]
     assert [r["run_id"] for r in prm("ls", "-n", "1", "--json").json()] == [bad]
-    assert prm("ls", "--since", "1h", "--json").json() and prm("ls", "--sweep", "x",
-                                                               "--json").json() == []
+    assert prm("ls", "--since", "1h", "--json").json()
+    unknown = prm("ls", "--sweep", "x", "--json")
+    assert unknown.code == 1 and "no sweep 'x'" in unknown.err
     table = prm("ls")
     assert ok in table.out and "SUCCEEDED" in table.out and "H100x2 1T/1I" in table.out
     assert "8/8" in table.out

@@ -11,6 +11,7 @@ from primerl_modal.commands.doctor import doctor
 from primerl_modal.commands.init import init
 from primerl_modal.commands.logs import logs
 from primerl_modal.commands.ls import ls
+from primerl_modal.commands.mcp import mcp
 from primerl_modal.commands.pull import pull
 from primerl_modal.commands.run import run
 from primerl_modal.commands.show import show
@@ -57,6 +58,7 @@ app.command()(stop)
 app.add_typer(sweep_app, name="sweep")
 app.command()(doctor)
 app.command()(init)
+app.command()(mcp)
 
 
 def run_cli(argv: list[str] | None = None) -> int:

@@ -111,7 +111,9 @@ def plan_sweep(spec: SweepSpec, settings: Sequence[Setting] = (), *,
         raise PlanError(f"sweep name {spec.name!r} is too long for {count} trial ids",
                         f"shorten it to {len(spec.name) - (len(sweep_id) - room)} characters")
     search = search_path()
-    base = resolve_profile(spec.profile, search, settings)
+    # the sweep's metric is what every trial tracks and what its trials are ranked by
+    base = resolve_profile(spec.profile, search,
+                           [*settings, Setting("experiment.metric", spec.metric, "sweep")])
     layout = layout_for(base)
     prices = catalogue(paths.price_overrides())
     trials = []

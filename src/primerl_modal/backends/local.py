@@ -134,7 +134,8 @@ class LocalBackend:
         elif have < plan.gpu.count:
             raise PrmError(
                 f"the plan needs {plan.gpu.count} GPUs but this machine has {have}",
-                f"use --gpus {have} (at least 2), or run on Modal",
+                f"use --gpus {have}, or run on Modal" if have >= 2
+                else "prime-rl needs at least 2 (1 trainer + 1 inference): run on Modal",
             )
         if not Path(plan.workdir).is_dir():
             raise PrmError(f"prime-rl checkout {plan.workdir} does not exist",
@@ -225,7 +226,18 @@ class LocalBackend:
         from primerl_modal.sweeps import sweep_record
 
         first = sweep.trials[0].plan
-        self._check_machine(max((t.plan for t in sweep.trials), key=lambda p: p.gpu.count))
+        widest = max((t.plan for t in sweep.trials), key=lambda p: p.gpu.count)
+        self._check_machine(widest)
+        have = count_gpus()
+        parallel = min(sweep.spec.max_parallel, len(sweep.trials))
+        if parallel > 1 and (have is None or parallel * widest.gpu.count > have):
+            # Every local trial uses GPU ids from 0: trials at once must not share a GPU.
+            raise PrmError(
+                f"{parallel} local trials at once would share GPUs "
+                f"(each takes {widest.gpu.count}, this machine has "
+                f"{'an unknown number' if have is None else have})",
+                "use --max-parallel 1 (or run the sweep on Modal)",
+            )
         records = []
         for trial in sweep.trials:
             meta = Path(trial.plan.meta_dir)

@@ -22,7 +22,7 @@ from modal.types import FileEntryType
 from primerl_modal.backends import modal_remote
 from primerl_modal.backends.base import apply_status, new_record, record_from_stored
 from primerl_modal.core import status as st
-from primerl_modal.core.image_spec import OVERLAY_IGNORE, ImageSpec, image_spec
+from primerl_modal.core.image_spec import OVERLAY_DIRS, OVERLAY_IGNORE, ImageSpec, image_spec
 from primerl_modal.core.logs import LogLine, parse_attempt_log, parse_prefixed
 from primerl_modal.core.plan import META_DIR, MODAL_LAYOUT, Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
@@ -89,6 +89,18 @@ def to_modal_image(spec: ImageSpec) -> modal.Image:
     for local, remote in spec.overlays:
         image = image.add_local_dir(local, remote, copy=False, ignore=list(OVERLAY_IGNORE))
     return image.add_local_python_source("primerl_modal", copy=False)
+
+
+def check_local_code(plan: Plan) -> None:
+    """The local-code overlay's folders must exist before anything is sent to Modal."""
+    if not plan.local_code:
+        return
+    missing = [d for d in OVERLAY_DIRS if not (Path(plan.local_code) / d).is_dir()]
+    if missing:
+        raise PrmError(
+            f"local code {plan.local_code} has no {missing[0]}/ folder",
+            "point --local-code at a prime-rl checkout (with src/ and configs/)",
+        )
 
 
 def run_secrets(plan: Plan) -> list[modal.Secret]:
@@ -187,7 +199,7 @@ class ModalBackend:
                      extra: dict[str, bytes]) -> tuple[str, str]:
         require_token()
         with modal_errors():
-            app = modal.App(sweep.sweep_id, tags=tags_of(sweep.sweep_id, sweep.sweep_id))
+            app = modal.App(sweep.sweep_id, tags={"prm-sweep": sweep.sweep_id})
             shapes: dict[str, str] = {}
             functions: dict[str, Any] = {}
             payload = []
@@ -261,14 +273,16 @@ class ModalBackend:
 
     def launch(self, plan: Plan, *, sweep_id: str | None = None) -> RunRecord:
         require_token()
+        check_local_code(plan)
         with modal_errors():
             app, function = self.define(plan, sweep_id)
             plan_json = plan.to_json(with_input_texts=True)
-            self._upload(plan.volumes["/outputs"],
-                         {"plan.json": json.dumps(plan_json, indent=1).encode()}, plan.run_id)
             with app.run(name=plan.run_id, detach=True):
                 call = function.spawn(plan_json)
                 app_id, call_id = app.app_id, call.object_id
+            # Only a launched run leaves its plan on the volume (`prm ls --all`, resume).
+            self._upload(plan.volumes["/outputs"],
+                         {"plan.json": json.dumps(plan_json, indent=1).encode()}, plan.run_id)
         record = new_record(plan, plan.volumes["/outputs"], sweep_id)
         record.app_id, record.call_id = app_id, call_id
         self.index.upsert(record)

@@ -58,6 +58,8 @@ def ls(
                          f"statuses: {', '.join(st.ALL)}")
     cutoff = time.time() - parse_duration(since, what="--since") if since else None
     index = run_index()
+    if sweep:
+        sweep = index.find_sweep(sweep).sweep_id
     if all_:
         _discover(index)
     # Runs not final may change status when refreshed: fetch them whatever the filter says.

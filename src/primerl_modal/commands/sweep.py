@@ -201,13 +201,17 @@ def ls(json_out: JsonOption = False) -> None:
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
-        rows.append((s, counts, round(sum(cost_usd(t, _now()) for t in trials), 2)))
+        best = rank(trials, s.goal)[0].metric_value if trials else None
+        rows.append((s, counts, round(sum(cost_usd(t, _now()) for t in trials), 2), best))
     columns: list[Column[Any]] = [
         Column("sweep_id", "sweep", lambda r: r[0].sweep_id),
         Column("name", "name", lambda r: r[0].name),
         Column("trials", "trials", lambda r: r[0].trials, justify="right"),
         Column("statuses", "statuses", lambda r: r[1],
                lambda v: " ".join(f"{k}:{n}" for k, n in sorted(v.items()))),
+        Column("best", "best", lambda r: r[3],
+               lambda v: "-" if v is None else f"{v:.4g}", "right"),
+        Column("metric", "metric", lambda r: f"{r[0].metric} ({r[0].goal})"),
         Column("max_parallel", "parallel", lambda r: r[0].max_parallel, justify="right"),
         Column("cost_usd", "cost", lambda r: r[2], lambda v: f"${v:,.2f}", "right"),
         Column("backend", "on", lambda r: r[0].backend),

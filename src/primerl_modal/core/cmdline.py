@@ -28,8 +28,8 @@ _MANAGED = {
         "monitors.wandb.name": "experiment.name (the run id)",
         "monitors.wandb.project": "wandb.project",
         "ckpt.interval": "prime_rl.ckpt_interval",
-        "clean": "nothing (prm never wipes a run directory)",
-        "resume": "prm run --resume RUN",
+        "clean": "prm never wipes a run directory: delete it yourself if you must",
+        "resume": "prm run --resume RUN continues a run",
     },
     "2025-10": {
         "trainer_gpu_ids": "gpu.trainer",
@@ -40,8 +40,8 @@ _MANAGED = {
         "wandb.name": "experiment.name (the run id)",
         "wandb.project": "wandb.project",
         "ckpt.interval": "prime_rl.ckpt_interval",
-        "clean": "nothing (prm never wipes a run directory)",
-        "resume": "prm run --resume RUN",
+        "clean": "prm never wipes a run directory: delete it yourself if you must",
+        "resume": "prm run --resume RUN continues a run",
     },
 }
 
@@ -90,7 +90,8 @@ def override_args(overrides: Mapping[str, Any], dialect: str) -> list[str]:
             use = managed.get(".".join(parts[:n]))
             if use:
                 raise PlanError(
-                    f"override {dotted!r} is set by prm for every run", f"use {use} instead"
+                    f"override {dotted!r} is set by prm for every run",
+                    use if use.startswith("prm ") else f"use {use} instead",
                 )
         if isinstance(value, bool):
             args.append(flag(dotted) if value else "--no-" + flag(dotted)[2:])

@@ -158,7 +158,8 @@ def _input(role: str, local: str, meta_dir: str, read_text: Callable[[Path], str
         text = read_text(path)
     except OSError as e:
         raise PlanError(
-            f"{role} config {local} cannot be read ({e.strerror or e})",
+            f"{role.replace('config', 'rl')} config file {local} cannot be read "
+            f"({e.strerror or e})",
             "check the path; local config paths are relative to the profile that names them",
         ) from None
     if len(text.encode()) > MAX_INPUT_BYTES:

@@ -103,11 +103,16 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        msg = str(e)
-        where = re.search(r"\(at line (\d+), column (\d+)\)", msg)
-        loc = f"{path}:{where.group(1)}:{where.group(2)}" if where else str(path)
-        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg) or "syntax error"
-        raise ProfileError(f"{loc}: invalid TOML: {reason}", "fix the file's syntax") from None
+        raise toml_error(str(path), e) from None
+
+
+def toml_error(where: str, e: tomllib.TOMLDecodeError) -> ProfileError:
+    """``file:line:column: invalid TOML: reason`` with the fix."""
+    msg = str(e)
+    at = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+    loc = f"{where}:{at.group(1)}:{at.group(2)}" if at else where
+    reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg) or "syntax error"
+    return ProfileError(f"{loc}: invalid TOML: {reason}", "fix the file's syntax")
 
 
 def _check_sections(path: Path, data: Mapping[str, Any]) -> None:

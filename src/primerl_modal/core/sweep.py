@@ -142,7 +142,9 @@ def load_sweep_text(text: str, where: str, default_name: str) -> SweepSpec:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ProfileError(f"{where}: invalid TOML: {e}", "fix the file's syntax") from None
+        from primerl_modal.core.profile import toml_error
+
+        raise toml_error(where, e) from None
     return parse_sweep(data, where, default_name)
 
 

@@ -1,0 +1,167 @@
+"""`prm mcp`: the MCP server over stdio, driven end to end by the SDK's own stdio client:
+tool listing and schemas, a dry-run plan, a local run (fake prime-rl launcher) launched,
+listed, logged, pulled and stopped, a run on the fake Modal server, and a bad input."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+# The module form works before `prm mcp` is wired into the CLI.
+SERVER = [sys.executable, "-m", "primerl_modal.mcp_server"]
+
+TOOLS = {
+    "plan_run": {"profile", "overrides", "gpu", "backend"},
+    "run": {"profile", "overrides", "gpu", "backend"},
+    "list_runs": {"status", "sweep", "since", "limit", "all"},
+    "show_run": {"run"},
+    "logs": {"run", "tail", "components", "grep", "attempt"},
+    "pull": {"run", "dest", "only", "step"},
+    "stop": {"runs", "sweep"},
+    "plan_sweep": {"sweep_file", "profile", "grid"},
+    "sweep": {"sweep_file", "profile", "grid", "max_parallel", "fail_fast", "yes"},
+    "sweep_status": {"sweep_id"},
+}
+FINAL = {"SUCCEEDED", "FAILED", "STOPPED", "LOST"}
+
+Body = Callable[[ClientSession], Awaitable[None]]
+
+
+def serve(body: Body, errlog: Path, timeout: float = 60.0) -> None:
+    """Start the server as a subprocess with this test's environment (PRM_HOME, the fake
+    launcher's and the fake Modal server's variables), connect, and run ``body``."""
+
+    async def main() -> None:
+        params = StdioServerParameters(command=SERVER[0], args=SERVER[1:], env=dict(os.environ))
+        with errlog.open("w") as err, anyio.fail_after(timeout):
+            async with stdio_client(params, errlog=err) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    await body(session)
+
+    anyio.run(main)
+    assert "Traceback" not in errlog.read_text()
+
+
+async def call(session: ClientSession, tool: str, **args: Any) -> dict[str, Any]:
+    result = await session.call_tool(tool, args)
+    assert not result.is_error, result.content[0].text  # type: ignore[union-attr]
+    assert isinstance(result.structured_content, dict)
+    return result.structured_content
+
+
+async def until(predicate: Callable[[], Awaitable[Any]], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await anyio.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def row(session: ClientSession, run_id: str) -> dict[str, Any] | None:
+    runs = (await call(session, "list_runs"))["runs"]
+    return next((r for r in runs if r["run_id"] == run_id), None)
+
+
+async def ended(session: ClientSession, run_id: str) -> dict[str, Any]:
+    async def final() -> dict[str, Any] | None:
+        r = await row(session, run_id)
+        return r if r and r["status"] in FINAL else None
+
+    result: dict[str, Any] = await until(final, f"{run_id} to end")
+    return result
+
+
+def test_tools_schemas_plan_and_a_bad_gpu(tmp_path: Path) -> None:
+    async def body(s: ClientSession) -> None:
+        listed = {t.name: t for t in (await s.list_tools()).tools}
+        assert set(listed) == set(TOOLS)
+        for name, params in TOOLS.items():
+            tool = listed[name]
+            assert params <= set(tool.input_schema["properties"]), name
+            assert tool.description and len(tool.description) > 40
+        assert listed["show_run"].input_schema["required"] == ["run"]
+        assert "returns at once" in (listed["run"].description or "").lower()
+
+        plan = await call(s, "plan_run", profile="reverse-text")
+        assert plan["gpu"]["trainer"] == 1 and plan["gpu"]["inference"] == 1
+        plan = await call(s, "plan_run", profile="reverse-text", gpu="H100:8",
+                          overrides=["gpu.trainer_ratio=0.25", "max_steps=40"])
+        assert (plan["gpu"]["trainer"], plan["gpu"]["inference"]) == (2, 6)
+        assert "40" in plan["argv"]
+
+        bad = await s.call_tool("run", {"profile": "reverse-text", "gpu": "H1000:8"})
+        assert bad.is_error
+        text = bad.content[0].text  # type: ignore[union-attr]
+        assert "unknown GPU type 'H1000'" in text
+        assert "\n" not in text and "Traceback" not in text and "prm: error" not in text
+        missing = await s.call_tool("show_run", {"run": "no-such-run"})
+        assert missing.is_error and "no run 'no-such-run'" in missing.content[0].text  # type: ignore[union-attr]
+        assert (await call(s, "list_runs"))["runs"] == []  # nothing was launched
+
+    serve(body, tmp_path / "server.err")
+
+
+def test_local_run_list_logs_pull_and_stop(tmp_path: Path, local_profile: Path,
+                                           fast_fake: Path) -> None:
+    pulled = tmp_path / "pulled"
+
+    async def body(s: ClientSession) -> None:
+        started = time.monotonic()
+        launched = await call(s, "run", profile=str(local_profile))
+        assert time.monotonic() - started < 20  # returns once launched, not when done
+        run_id = launched["run_id"]
+        assert run_id.startswith("lrt-") and launched["backend"] == "local"
+        assert any("show_run" in hint for hint in launched["next"])
+        assert await row(s, run_id) is not None
+
+        assert (await ended(s, run_id))["status"] == "SUCCEEDED"
+        logs = await call(s, "logs", run=run_id)
+        assert logs["lines"] and {"trainer", "runner"} <= {x["component"] for x in logs["lines"]}
+        few = await call(s, "logs", run=run_id, components=["trainer"], tail=3)
+        assert 0 < len(few["lines"]) <= 3
+        assert {x["component"] for x in few["lines"]} == {"trainer"}
+
+        got = await call(s, "pull", run=run_id, dest=str(pulled), only=["metrics"])
+        assert got["counts"]["downloaded"] > 0 and got["dest"] == str(pulled.resolve())
+        assert any(f["status"] == "downloaded" for f in got["files"])
+        assert all((pulled / f["path"]).is_file() for f in got["files"])
+        shown = await call(s, "show_run", run=run_id[:12])  # a unique prefix is enough
+        assert shown["run"]["run_id"] == run_id and shown["run"]["status"] == "SUCCEEDED"
+
+        slow = (await call(s, "run", profile=str(local_profile),
+                           overrides=["env.FAKE_RL_STEP_SECONDS=0.2", "max_steps=500"]))["run_id"]
+
+        async def running() -> bool:
+            r = await row(s, slow)
+            return bool(r and r["status"] == "RUNNING")
+
+        await until(running, f"{slow} to run")
+        stopped = await call(s, "stop", runs=[slow])
+        assert [(r["run_id"], r["status"]) for r in stopped["results"]] == [(slow, "STOPPED")]
+        assert (await row(s, slow) or {})["status"] == "STOPPED"
+
+    serve(body, tmp_path / "server.err")
+    assert (pulled / "metrics.jsonl").stat().st_size > 0
+
+
+def test_run_on_modal_is_listed(tmp_path: Path, modal_env: Any) -> None:
+    async def body(s: ClientSession) -> None:
+        launched = await call(s, "run", profile="reverse-text")
+        run_id = launched["run_id"]
+        assert launched["backend"] == "modal" and launched["record"]["app_id"]
+        assert (await row(s, run_id)) is not None
+        assert (await ended(s, run_id))["status"] == "SUCCEEDED"
+
+    serve(body, tmp_path / "server.err")
+    assert len(modal_env.apps) == 1
