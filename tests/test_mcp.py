@@ -16,7 +16,7 @@ from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 # The module form works before `prm mcp` is wired into the CLI.
-SERVER = [sys.executable, "-m", "primerl_modal.mcp_server"]
+SERVER = [sys.executable, "-m", "primerl_modal", "mcp"]  # `prm mcp`, as a client starts it
 
 TOOLS = {
     "plan_run": {"profile", "overrides", "gpu", "backend"},

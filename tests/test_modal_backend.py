@@ -134,3 +134,17 @@ def test_env_flag_sends_a_value_for_this_run_only(prm, modal_env, monkeypatch):
     volume = modal_env.volume_path("prime-rl-outputs")
     assert all("tok-sentinel-123" not in p.read_text(errors="replace")
                for p in volume.rglob("*") if p.is_file())
+
+
+def test_a_failed_launch_leaves_nothing_on_the_volume(prm, modal_env):
+    del modal_env.secrets["wandb"]
+    assert prm("run", "reverse-text", "--detach").code == 1
+    meta = modal_env.volume_path("prime-rl-outputs") / "_prm"
+    assert not meta.exists() or not any(meta.iterdir())
+    assert prm("ls", "--all", "--json").json() == []
+
+
+def test_local_code_without_src_is_refused_before_anything_is_sent(prm, modal_env, tmp_path):
+    r = prm("run", "reverse-text", "--local-code", str(tmp_path / "nowhere"), "--detach")
+    assert r.code == 1 and "has no src/ folder" in r.err and "Traceback" not in r.err
+    assert modal_env.apps == {}

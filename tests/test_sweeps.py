@@ -226,3 +226,16 @@ def test_local_sweep_with_max_parallel_1_runs_trials_one_after_another(prm, loca
         spans.append((attempt["started_at"], attempt["ended_at"]))
     spans.sort()
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+def test_the_sweeps_metric_is_what_every_trial_tracks():
+    text = GRID.replace('max_parallel = 2', 'max_parallel = 2\nmetric = "reward/max"')
+    spec = load_sweep_text(text, "lr.toml", "lr")
+    assert spec.metric == "reward/max"
+    assert all(t.plan.metric == spec.metric for t in plan_sweep(spec).trials)
+
+
+def test_local_trials_at_once_must_not_share_gpus(prm, local_profile):
+    r = prm("sweep", str(local_profile), "--grid", "max_steps=3,4", "--max-parallel", "2")
+    assert r.code == 1 and "would share GPUs" in r.err and "--max-parallel 1" in r.err
+    assert run_index().list() == []
