@@ -239,3 +239,8 @@ def test_local_trials_at_once_must_not_share_gpus(prm, local_profile):
     r = prm("sweep", str(local_profile), "--grid", "max_steps=3,4", "--max-parallel", "2")
     assert r.code == 1 and "would share GPUs" in r.err and "--max-parallel 1" in r.err
     assert run_index().list() == []
+
+
+def test_resume_refuses_options_it_would_ignore(prm):
+    r = prm("sweep", "--resume", "x", "--dry-run")
+    assert r.code == 2 and "--resume SWEEP takes no" in r.err

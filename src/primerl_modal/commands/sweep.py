@@ -32,6 +32,9 @@ app = typer.Typer(
       prm sweep --resume SWEEP-ID         relaunch its FAILED/STOPPED/LOST trials
       prm sweep ls | prm sweep show SWEEP-ID
 
+    Launch options (--grid, --set, --backend, --dry-run, --max-trials, --yes,
+    --max-parallel, --fail-fast, --json): `prm sweep FILE --help`.
+
     Examples:
 
     \b
@@ -93,6 +96,9 @@ def start(
     from primerl_modal.ui import console
 
     if resume:
+        if target or grid or sets or dry_run or backend or max_parallel is not None:
+            raise UsageError("--resume SWEEP takes no sweep file, --grid, --set, --backend, "
+                             "--max-parallel or --dry-run", "the sweep's own trials are reused")
         _resume(resume, json_out)
         return
     if not target:
