@@ -259,8 +259,9 @@ class ModalBackend:
                 key = (r.outputs, r.sweep_id)
                 if key not in states:
                     raw = self._read(r.outputs, f"{META_DIR}/sweeps/{r.sweep_id}/state.json")
-                    states[key] = {t["run_id"]: t for t in
-                                   (json.loads(raw).get("trials", []) if raw else [])}
+                    # read while the controller rewrites it: unreadable now, fine next time
+                    state = json_object(raw) or {}
+                    states[key] = {t["run_id"]: t for t in state.get("trials", [])}
                 trial = states[key].get(r.run_id)
                 if trial and trial.get("handle"):
                     r.call_id = trial["handle"]
@@ -378,7 +379,11 @@ class ModalBackend:
             except MISSING:
                 raise PrmError(f"{record.run_id} has no {path} on volume {record.outputs}",
                                "it cannot be resumed; launch it again") from None
-        return plan_from_json(json.loads(data))
+        plan = json_object(data)
+        if plan is None:
+            raise PrmError(f"{record.run_id}: {path} on volume {record.outputs} is unreadable",
+                           "try again in a moment")
+        return plan_from_json(plan)
 
     def read_meta(self, record: RunRecord, name: str) -> bytes | None:
         require_token()
@@ -448,12 +453,11 @@ class ModalBackend:
                     if run_id in known:
                         continue
                     probe = RunRecord(**{**_BLANK, "run_id": run_id, "outputs": name})
-                    plan_bytes = self.read_meta(probe, "plan.json")
-                    if not plan_bytes:
+                    plan = json_object(self.read_meta(probe, "plan.json"))
+                    if not plan:
                         continue
-                    status = self.read_meta(probe, "status.json")
-                    record = record_from_stored(json.loads(plan_bytes),
-                                                json.loads(status) if status else None, name)
+                    status = json_object(self.read_meta(probe, "status.json"))
+                    record = record_from_stored(plan, status, name)
                     self.index.upsert(record)
                     found.append(record)
         return found

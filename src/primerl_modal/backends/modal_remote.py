@@ -63,7 +63,13 @@ def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
 
     from primerl_modal.core import status as st
     from primerl_modal.core.plan import META_DIR
-    from primerl_modal.runner.state import STOP_MARKER, RunState, read_json, write_json_atomic
+    from primerl_modal.runner.state import (
+        STOP_MARKER,
+        RunState,
+        json_object,
+        read_json,
+        write_json_atomic,
+    )
     from primerl_modal.sweep_control import Hooks, TrialState, control
 
     outputs = Path(os.environ.get("PRM_OUTPUTS_DIR", OUTPUTS_MOUNT))
@@ -89,6 +95,8 @@ def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
         spec = by_index[t.index]
         return str(functions[spec["function"]].spawn(spec["plan"]).object_id)
 
+    unreadable: dict[int, int] = {}
+
     def poll(t: TrialState) -> str | None:
         try:
             modal.FunctionCall.from_id(t.handle or "").get(timeout=0)
@@ -96,8 +104,13 @@ def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
             return None
         except Exception:  # the call failed; its run's status says how
             pass
-        status = json.loads(on_volume(f"{META_DIR}/{t.run_id}/status.json") or b"{}")
-        return status.get("status") if st.is_final(status.get("status", "")) else st.LOST
+        raw = on_volume(f"{META_DIR}/{t.run_id}/status.json")
+        status = json_object(raw)
+        if raw is not None and status is None and unreadable.get(t.index, 0) < 3:
+            unreadable[t.index] = unreadable.get(t.index, 0) + 1
+            return None  # being rewritten just now: look again next tick
+        final = (status or {}).get("status", "")
+        return final if st.is_final(final) else st.LOST
 
     def stop(t: TrialState) -> None:
         (outputs / META_DIR / t.run_id).mkdir(parents=True, exist_ok=True)
