@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 from primerl_modal.core.selection import RemoteFile, safe_dest
 
@@ -22,7 +22,7 @@ class Source(Protocol):
     async def fetch(self, item: RemoteFile, out: IO[bytes],
                     progress: Callable[[int], None]) -> None: ...
 
-    def run(self, main: Callable[[], Awaitable[T]]) -> T:
+    def run(self, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run the transfer's event loop (a source may have a loop of its own to use)."""
         ...
 

@@ -10,9 +10,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from primerl_modal import paths
 from primerl_modal.backends.base import apply_status, new_record, read_status, record_from_stored
@@ -350,8 +350,8 @@ def attempt_logs(logs: Path) -> list[tuple[int, Path]]:
 
 
 class LocalSource:
-    def run(self, main: Callable[[], Awaitable[T]]) -> T:
-        return asyncio.run(main())  # type: ignore[arg-type]
+    def run(self, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        return asyncio.run(main())
 
     async def fetch(self, item: RemoteFile, out: IO[bytes],
                     progress: Callable[[int], None]) -> None:

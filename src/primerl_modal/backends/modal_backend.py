@@ -11,7 +11,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -499,9 +499,9 @@ class ModalSource:
         except (ImportError, AttributeError):
             pass
 
-    def run(self, main: Callable[[], Awaitable[T]]) -> T:
+    def run(self, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         if self._synchronizer is None:
-            return asyncio.run(main())  # type: ignore[arg-type]
+            return asyncio.run(main())
         return self._synchronizer.create_blocking(main)()
 
     async def fetch(self, item: RemoteFile, out: IO[bytes],

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from primerl_modal.ui import console
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 T = TypeVar("T")
 
@@ -21,7 +24,7 @@ class Column(Generic[T]):
     header: str
     value: Callable[[T], Any]  # the raw value (JSON)
     render: Callable[[Any], str] = _plain  # the table cell
-    justify: str = "left"
+    justify: JustifyMethod = "left"
     style: Callable[[Any], str] | None = None
 
 
@@ -41,7 +44,7 @@ def emit(rows: Sequence[T], columns: Sequence[Column[T]], *, json_out: bool,
 
     table = Table(box=None, header_style="bold", pad_edge=False)
     for c in columns:
-        table.add_column(c.header, justify=c.justify, no_wrap=True)  # type: ignore[arg-type]
+        table.add_column(c.header, justify=c.justify, no_wrap=True)
     for row in rows:
         cells = []
         for c in columns:
