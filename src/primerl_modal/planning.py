@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from primerl_modal import paths
 from primerl_modal.core.gpus import catalogue
@@ -19,7 +20,9 @@ from primerl_modal.core.profile import (
 )
 from primerl_modal.core.schema import BACKENDS
 from primerl_modal.errors import ProfileError
-from primerl_modal.run_index import RunIndex, open_index
+
+if TYPE_CHECKING:
+    from primerl_modal.run_index import RunIndex
 
 
 def search_path(cwd: Path | None = None) -> SearchPath:
@@ -67,4 +70,6 @@ def plan_profile(
 
 
 def run_index() -> RunIndex:
+    from primerl_modal.run_index import open_index
+
     return open_index(paths.prm_home())

@@ -14,10 +14,10 @@ from primerl_modal.core.profile import ResolvedProfile
 from primerl_modal.core.selection import RemoteFile
 from primerl_modal.run_index import RunRecord, SweepRecord
 from primerl_modal.runner.state import read_json
-from primerl_modal.transfer import Source
 
 if TYPE_CHECKING:
     from primerl_modal.sweeps import SweepPlan
+    from primerl_modal.transfer import Source
 
 
 class Backend(Protocol):

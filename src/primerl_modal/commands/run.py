@@ -149,13 +149,14 @@ def run(
       prm run my-exp --backend local --detach # on this machine's GPUs, in the background
       prm run --resume my-exp-261129          # continue a stopped run from its checkpoint
     """
-    from primerl_modal.commands import launch
     from primerl_modal.planning import plan_profile
 
     if resume:
         if profile or dry_run:
             raise UsageError("--resume RUN takes no profile and no --dry-run",
                              "the run's own plan is reused")
+        from primerl_modal.commands import launch
+
         launch.resume_run(resume, detach=detach, json_out=json_out)
         return
     settings = cli_settings(
@@ -189,4 +190,6 @@ def run(
         from primerl_modal.ui.console import warn
 
         warn(w)
+    from primerl_modal.commands import launch
+
     launch.launch_plan(plan, detach=detach, json_out=json_out)
