@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -69,12 +70,17 @@ def pull(
         task = bar.add_task(f"0/{len(chosen)} files", total=total)
         done = 0
 
+        shown = 0.0
+
         def on_file(outcome: Outcome) -> None:
-            nonlocal done
+            nonlocal done, shown
             done += 1
             if outcome.status != "downloaded":
                 bar.advance(task, outcome.size)
-            bar.update(task, description=f"{done}/{len(chosen)} files")
+            now = time.monotonic()
+            if now - shown > 0.1 or done == len(chosen):  # the bar redraws 10 times a second
+                bar.update(task, description=f"{done}/{len(chosen)} files")
+                shown = now
 
         outcomes = source.run(lambda: pull_files(source, chosen, target,
                                                  lambda n: bar.advance(task, n), on_file))
