@@ -103,3 +103,17 @@ def test_pull_a_modal_run_byte_for_byte_and_refuse_a_hostile_entry(prm, modal_en
     assert not (tmp_path / "evil").exists() and not (tmp_path / "h" / "evil").exists()
     assert (hostile / "metrics.jsonl").exists()
     assert "refused: ../../evil" in r.err
+
+
+def test_pull_a_run_that_has_no_prm_folder(prm, modal_env, tmp_path):
+    """A run dir on the volume without prm's _prm/ files (e.g. copied there by hand)."""
+    from primerl_modal.run_index import RunRecord
+
+    volume = modal_env.volume_path("prime-rl-outputs")
+    (volume / "bare-1" / "logs").mkdir(parents=True)
+    (volume / "bare-1" / "logs" / "x.log").write_text("hi\n")
+    run_index().upsert(RunRecord("bare-1", "bare", "p", "modal", "SUCCEEDED", 1.0, 1.0, "H100",
+                                 2, 1, 1, 1, 1, 3.95, 60, 0, "prime-rl-outputs", "", ""))
+    r = prm("pull", "bare-1", str(tmp_path / "d"))
+    assert r.code == 0, r.err
+    assert (tmp_path / "d" / "logs" / "x.log").read_text() == "hi\n"

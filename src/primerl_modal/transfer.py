@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
@@ -47,10 +47,12 @@ def _present(target: Path, item: RemoteFile) -> bool:
     return stat.st_size == item.size and abs(stat.st_mtime - item.mtime) < 1e-3
 
 
-async def pull_files(source: Source, files: list[RemoteFile], dest: Path,
-                     on_bytes: Callable[[int], None], on_file: Callable[[Outcome], None],
+async def pull_files(source: Source, files: Iterable[RemoteFile] | AsyncIterator[RemoteFile],
+                     dest: Path, on_bytes: Callable[[int], None],
+                     on_file: Callable[[Outcome], None],
                      workers: int = WORKERS) -> list[Outcome]:
-    """Fetch ``files`` into ``dest``; returns one outcome per file, in order."""
+    """Fetch ``files`` into ``dest``; returns one outcome per file, in order. A stream of
+    files (a listing still in progress) starts each download as soon as it is listed."""
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     gate = asyncio.Semaphore(workers)
@@ -77,6 +79,9 @@ async def pull_files(source: Source, files: list[RemoteFile], dest: Path,
         on_file(outcome)
         return outcome
 
+    if isinstance(files, AsyncIterator):
+        tasks = [asyncio.ensure_future(one(f)) async for f in files]
+        return list(await asyncio.gather(*tasks))
     return list(await asyncio.gather(*(one(f) for f in files)))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,6 +71,12 @@ class Backend(Protocol):
 
     def discover(self, known: set[str]) -> list[RunRecord]:
         """Runs in this backend's outputs that the index does not know (added to it)."""
+        ...
+
+    def file_stream(self, record: RunRecord, keep: Callable[[RemoteFile], bool]
+                    ) -> tuple[AsyncIterator[RemoteFile], Source]:
+        """The run's files kept by ``keep``, as the listing arrives (run on the source's
+        loop), so downloads can start before the listing ends."""
         ...
 
     def files(self, record: RunRecord) -> tuple[list[RemoteFile], Source]:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -327,6 +327,17 @@ class LocalBackend:
                 self.index.upsert(record)
                 found.append(record)
         return found
+
+    def file_stream(self, record: RunRecord, keep: Callable[[RemoteFile], bool]
+                    ) -> tuple[AsyncIterator[RemoteFile], Source]:
+        items, source = self.files(record)
+
+        async def stream() -> AsyncIterator[RemoteFile]:  # a local listing is quick
+            for item in items:
+                if keep(item):
+                    yield item
+
+        return stream(), source
 
     def files(self, record: RunRecord) -> tuple[list[RemoteFile], Source]:
         items = []

@@ -11,7 +11,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -462,6 +462,16 @@ class ModalBackend:
                     found.append(record)
         return found
 
+    def file_stream(self, record: RunRecord,
+                    keep: Callable[[RemoteFile], bool]) -> tuple[AsyncIterator[RemoteFile],
+                                                                 ModalSource]:
+        """The run's files as the listing arrives (run on the source's loop), so the first
+        downloads start before the listing ends, as `modal volume get` does."""
+        require_token()
+        source = ModalSource(self._volume(record.outputs))
+        roots = ((record.run_id, ""), (f"{META_DIR}/{record.run_id}", "_prm/"))
+        return source.listing(roots, keep), source
+
     def files(self, record: RunRecord) -> tuple[list[RemoteFile], Source]:
         require_token()
         volume = self._volume(record.outputs)
@@ -503,6 +513,24 @@ class ModalSource:
         if self._synchronizer is None:
             return asyncio.run(main())
         return self._synchronizer.create_blocking(main)()
+
+    async def listing(self, roots: tuple[tuple[str, str], ...],
+                      keep: Callable[[RemoteFile], bool]) -> AsyncIterator[RemoteFile]:
+        impl = (self._synchronizer._translate_in(self.volume) if self._synchronizer
+                else None)
+        for root, prefix in roots:
+            entries = impl.iterdir(root, recursive=True) if impl else \
+                self.volume.iterdir.aio(root, recursive=True)
+            with modal_errors():
+                try:
+                    async for e in entries:
+                        if e.type == FileEntryType.FILE:
+                            rel = e.path.lstrip("/").removeprefix(root).lstrip("/")
+                            item = RemoteFile(e.path, prefix + rel, e.size, float(e.mtime))
+                            if keep(item):
+                                yield item
+                except MISSING:  # e.g. no _prm/ folder for a run found elsewhere
+                    continue
 
     async def fetch(self, item: RemoteFile, out: IO[bytes],
                     progress: Callable[[int], None]) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from primerl_modal.ui.options import JsonOption, RunArg
+
+if TYPE_CHECKING:
+    from primerl_modal.core.selection import RemoteFile
 
 
 def pull(
@@ -51,9 +55,13 @@ def pull(
     index = run_index()
     record = index.find(run)
     backend = get_backend(record.backend, index)
-    listing, source = backend.files(record)
-    chosen = select(listing, wanted, step)
     target = (dest or Path("outputs") / record.run_id).expanduser()
+    files: Iterable[RemoteFile] | AsyncIterator[RemoteFile]
+    if step is None:  # download while the listing is still arriving
+        files, source = backend.file_stream(record, lambda f: bool(select([f], wanted, None)))
+    else:  # the latest (or a given) checkpoint needs the whole listing first
+        listing, source = backend.files(record)
+        files = select(listing, wanted, step)
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -63,14 +71,28 @@ def pull(
         TransferSpeedColumn,
     )
 
-    total = sum(f.size for f in chosen)
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), TimeRemainingColumn(), console=console.err(),
                   transient=True) as bar:
-        task = bar.add_task(f"0/{len(chosen)} files", total=total)
-        done = 0
+        task = bar.add_task("listing", total=None)
+        listed = {"files": 0, "bytes": 0}
+        done, shown = 0, 0.0
 
-        shown = 0.0
+        def note_listed(item: RemoteFile) -> None:
+            listed["files"] += 1
+            listed["bytes"] += item.size
+            bar.update(task, total=listed["bytes"])
+
+        async def counted(items: AsyncIterator[RemoteFile]) -> AsyncIterator[RemoteFile]:
+            async for item in items:
+                note_listed(item)
+                yield item
+
+        if isinstance(files, AsyncIterator):
+            files = counted(files)
+        else:
+            for item in files:
+                note_listed(item)
 
         def on_file(outcome: Outcome) -> None:
             nonlocal done, shown
@@ -78,11 +100,11 @@ def pull(
             if outcome.status != "downloaded":
                 bar.advance(task, outcome.size)
             now = time.monotonic()
-            if now - shown > 0.1 or done == len(chosen):  # the bar redraws 10 times a second
-                bar.update(task, description=f"{done}/{len(chosen)} files")
+            if now - shown > 0.1:  # the bar redraws 10 times a second anyway
+                bar.update(task, description=f"{done}/{listed['files']} files")
                 shown = now
 
-        outcomes = source.run(lambda: pull_files(source, chosen, target,
+        outcomes = source.run(lambda: pull_files(source, files, target,
                                                  lambda n: bar.advance(task, n), on_file))
     counts = {s: sum(1 for o in outcomes if o.status == s)
               for s in ("downloaded", "present", "refused", "failed")}
