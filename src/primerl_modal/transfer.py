@@ -56,22 +56,26 @@ async def pull_files(source: Source, files: Iterable[RemoteFile] | AsyncIterator
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     gate = asyncio.Semaphore(workers)
-    folders: dict[Path, bool] = {}  # each folder made and checked once, not once per file
+    # Each folder is made and checked once, not once per file: (inside DEST, made by us).
+    folders: dict[Path, tuple[bool, bool]] = {}
 
-    def inside(target: Path) -> bool:
+    def folder_of(target: Path) -> tuple[bool, bool]:
         # safe_dest rules out '..' and absolute paths; what is left is a symlink under DEST
         # pointing out of it, so resolving each folder once is enough.
         folder = target.parent
         if folder not in folders:
+            fresh = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
-            folders[folder] = folder.resolve().is_relative_to(root)
-        return folders[folder] and not target.is_symlink()
+            folders[folder] = (folder.resolve().is_relative_to(root), fresh)
+        return folders[folder]
 
     async def one(item: RemoteFile) -> Outcome:
         target = dest / item.dest
-        if not safe_dest(item.dest) or not inside(target):
+        inside, fresh = folder_of(target) if safe_dest(item.dest) else (False, False)
+        # In a folder this pull made, nothing can be there yet, let alone a symlink.
+        if not inside or (not fresh and target.is_symlink()):
             outcome = Outcome(item.dest, item.size, "refused", "path would leave DEST")
-        elif _present(target, item):
+        elif not fresh and _present(target, item):
             outcome = Outcome(item.dest, item.size, "present")
         else:
             async with gate:
