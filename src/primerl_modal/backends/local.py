@@ -228,14 +228,11 @@ class LocalBackend:
         first = sweep.trials[0].plan
         widest = max((t.plan for t in sweep.trials), key=lambda p: p.gpu.count)
         self._check_machine(widest)
-        have = count_gpus()
         parallel = min(sweep.spec.max_parallel, len(sweep.trials))
-        if parallel > 1 and (have is None or parallel * widest.gpu.count > have):
-            # Every local trial uses GPU ids from 0: trials at once must not share a GPU.
+        if parallel > 1:
+            # Every local trial uses GPU ids from 0 up: trials at once would share GPUs.
             raise PrmError(
-                f"{parallel} local trials at once would share GPUs "
-                f"(each takes {widest.gpu.count}, this machine has "
-                f"{'an unknown number' if have is None else have})",
+                f"{parallel} local trials at once would share GPUs (each uses GPU ids from 0)",
                 "use --max-parallel 1 (or run the sweep on Modal)",
             )
         records = []
