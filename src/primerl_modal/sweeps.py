@@ -18,7 +18,7 @@ from primerl_modal.core.plan import Layout, Plan, build_plan
 from primerl_modal.core.profile import ResolvedProfile, Setting, normalise_key, with_settings
 from primerl_modal.core.profile import resolve as resolve_profile
 from primerl_modal.core.run_id import MAX_LEN, make_run_id
-from primerl_modal.core.sweep import SweepSpec, load_sweep_text, parse_grid_flag
+from primerl_modal.core.sweep import SweepSpec, expand, load_sweep_text, parse_grid_flag
 from primerl_modal.errors import PlanError, PrmError, ProfileError
 from primerl_modal.planning import layout_for, search_path
 from primerl_modal.run_index import SweepRecord
@@ -120,7 +120,7 @@ def plan_sweep(spec: SweepSpec, settings: Sequence[Setting] = (), *,
     collecting = gc.isenabled()
     gc.disable()  # thousands of plans, no cycles among them: collector passes are pure cost
     try:
-        for index, overrides in enumerate(_expand(spec)):
+        for index, overrides in enumerate(expand(spec)):
             trials.append(_plan_trial(base, index, overrides, prices, layout, when, token,
                                       sweep_id, pass_env, search.cwd))
     finally:
@@ -142,11 +142,6 @@ def _plan_trial(base: ResolvedProfile, index: int, overrides: dict[str, Any],
         raise type(e)(f"trial {index} ({shown}): {e.message}", e.hint) from None
     return Trial(index, overrides, plan)
 
-
-def _expand(spec: SweepSpec) -> list[dict[str, Any]]:
-    from primerl_modal.core.sweep import expand
-
-    return expand(spec)
 
 
 def sweep_record(sweep: SweepPlan, outputs: str, fail_fast: bool) -> SweepRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import typer
@@ -208,7 +209,7 @@ def ls(json_out: JsonOption = False) -> None:
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
         best = rank(trials, s.goal)[0].metric_value if trials else None
-        rows.append((s, counts, round(sum(cost_usd(t, _now()) for t in trials), 2), best))
+        rows.append((s, counts, round(sum(cost_usd(t, time.time()) for t in trials), 2), best))
     columns: list[Column[Any]] = [
         Column("sweep_id", "sweep", lambda r: r[0].sweep_id),
         Column("name", "name", lambda r: r[0].name),
@@ -256,7 +257,7 @@ def show(
     if not json_out:
         from primerl_modal.ui.runs import cost_usd
 
-        total = sum(cost_usd(t, _now()) for t in trials)
+        total = sum(cost_usd(t, time.time()) for t in trials)
         console.err().print(f"total cost so far: ${total:,.2f}")
 
 
@@ -267,8 +268,3 @@ def rank(trials: list[Any], goal: str) -> list[Any]:
     scored.sort(key=lambda t: t.metric_value, reverse=goal == "max")
     return scored + sorted(rest, key=lambda t: int(t.run_id.rsplit("-", 1)[1]))
 
-
-def _now() -> float:
-    import time
-
-    return time.time()
