@@ -12,6 +12,7 @@ from primerl_modal.core.logs import LogLine
 from primerl_modal.core.plan import Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
 from primerl_modal.core.selection import RemoteFile
+from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunRecord, SweepRecord
 from primerl_modal.runner.state import read_json
 
@@ -116,6 +117,25 @@ def apply_status(record: RunRecord, status: Mapping[str, Any]) -> RunRecord:
 
 def read_status(meta_dir: str | Path) -> dict[str, Any] | None:
     return read_json(Path(meta_dir) / "status.json")
+
+
+def require_resumable(record: RunRecord) -> None:
+    """Raises PrmError unless ``record`` is FAILED, STOPPED or LOST."""
+    if record.status not in st.RESUMABLE:
+        raise PrmError(
+            f"{record.run_id} is {record.status}; only FAILED, STOPPED or LOST runs resume",
+            f"follow it with `prm logs {record.run_id} -f`" if not st.is_final(record.status)
+            else "launch a new run instead",
+        )
+
+
+def resumable_trials(sweep: SweepRecord, trials: list[RunRecord]) -> list[RunRecord]:
+    """The sweep's trials that can resume. Raises PrmError when there are none."""
+    again = [t for t in trials if t.status in st.RESUMABLE]
+    if not again:
+        raise PrmError(f"{sweep.sweep_id} has no FAILED, STOPPED or LOST trials",
+                       f"see prm sweep show {sweep.sweep_id}")
+    return again
 
 
 def record_from_stored(plan_json: Mapping[str, Any], status: Mapping[str, Any] | None,

@@ -15,13 +15,21 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from primerl_modal import paths
-from primerl_modal.backends.base import apply_status, new_record, read_status, record_from_stored
+from primerl_modal.backends.base import (
+    apply_status,
+    new_record,
+    read_status,
+    record_from_stored,
+    require_resumable,
+    resumable_trials,
+)
 from primerl_modal.backends.follow import follow_attempt_logs
 from primerl_modal.core import status as st
 from primerl_modal.core.cmdline import LAUNCHER
 from primerl_modal.core.logs import LogLine, parse_attempt_log
 from primerl_modal.core.plan import META_DIR, Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
+from primerl_modal.core.run_id import trial_index
 from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunIndex, RunRecord, SweepRecord
@@ -35,10 +43,10 @@ from primerl_modal.runner.state import (
     write_json_atomic,
 )
 from primerl_modal.transfer import Source
+from primerl_modal.ui.console import warn
 
 if TYPE_CHECKING:
     from primerl_modal.sweeps import SweepPlan
-from primerl_modal.ui.console import warn
 
 T = TypeVar("T")
 STOP_WAIT_S = 40.0  # the runner's grace (25 s) plus time to commit
@@ -143,12 +151,9 @@ class LocalBackend:
 
     def launch(self, plan: Plan, *, sweep_id: str | None = None) -> RunRecord:
         self._check_machine(plan)
-        meta = Path(plan.meta_dir)
-        write_json_atomic(meta / "plan.json", plan.to_json(with_input_texts=True))
-        RunState.create(meta, plan.run_id)
-        record = new_record(plan, plan.outputs_root, sweep_id)
+        record = _prepare(plan, sweep_id)
         self.index.upsert(record)
-        record.pid = spawn_runner(meta, plan.outputs_root)
+        record.pid = spawn_runner(Path(plan.meta_dir), plan.outputs_root)
         self.index.update(plan.run_id, pid=record.pid)
         return record
 
@@ -204,19 +209,9 @@ class LocalBackend:
 
     def resume(self, record: RunRecord) -> RunRecord:
         record = self._refresh_one(record)
-        if record.status not in st.RESUMABLE:
-            raise PrmError(
-                f"{record.run_id} is {record.status}; only FAILED, STOPPED or LOST runs resume",
-                f"follow it with `prm logs {record.run_id} -f`" if not st.is_final(record.status)
-                else "launch a new run instead",
-            )
-        meta = Path(record.meta_dir)
-        with contextlib.suppress(FileNotFoundError):
-            (meta / STOP_MARKER).unlink()
-        state = RunState.load(meta, record.run_id)
-        state.set_status(st.PENDING, "resume requested")
-        record.status, record.ended_at = st.PENDING, None
-        record.pid = spawn_runner(meta, record.outputs)
+        require_resumable(record)
+        _reopen(record)
+        record.pid = spawn_runner(Path(record.meta_dir), record.outputs)
         self.index.upsert(record)
         return record
 
@@ -226,8 +221,6 @@ class LocalBackend:
         from primerl_modal.sweeps import sweep_record
 
         first = sweep.trials[0].plan
-        widest = max((t.plan for t in sweep.trials), key=lambda p: p.gpu.count)
-        self._check_machine(widest)
         parallel = min(sweep.spec.max_parallel, len(sweep.trials))
         if parallel > 1:
             # Every local trial uses GPU ids from 0 up: trials at once would share GPUs.
@@ -235,13 +228,8 @@ class LocalBackend:
                 f"{parallel} local trials at once would share GPUs (each uses GPU ids from 0)",
                 "use --max-parallel 1 (or run the sweep on Modal)",
             )
-        records = []
-        for trial in sweep.trials:
-            meta = Path(trial.plan.meta_dir)
-            write_json_atomic(meta / "plan.json", trial.plan.to_json(with_input_texts=True))
-            RunState.create(meta, trial.plan.run_id)
-            records.append(new_record(trial.plan, first.outputs_root, sweep.sweep_id))
-        self.index.upsert_many(records)
+        self._check_machine(max((t.plan for t in sweep.trials), key=lambda p: p.gpu.count))
+        self.index.upsert_many([_prepare(t.plan, sweep.sweep_id) for t in sweep.trials])
         folder = sweep_dir(first.outputs_root, sweep.sweep_id)
         write_json_atomic(folder / "sweep.json", sweep.to_json())
         summary = sweep_record(sweep, first.outputs_root, fail_fast)
@@ -254,7 +242,7 @@ class LocalBackend:
         write_json_atomic(folder / "controller.json", {
             "outputs_root": sweep.outputs, "max_parallel": sweep.max_parallel,
             "fail_fast": bool(sweep.fail_fast),
-            "trials": [{"index": int(r.rsplit("-", 1)[1]), "run_id": r} for r in run_ids]})
+            "trials": [{"index": trial_index(r), "run_id": r} for r in run_ids]})
         with open(folder / "controller.log", "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "primerl_modal.backends.local_sweep", "--sweep-dir",
@@ -279,18 +267,11 @@ class LocalBackend:
                         and not any(line.startswith(t.run_id) for line in lines)]
 
     def resume_sweep(self, sweep: SweepRecord, trials: list[RunRecord]) -> list[RunRecord]:
-        again = [t for t in self.refresh(trials) if t.status in st.RESUMABLE]
-        if not again:
-            raise PrmError(f"{sweep.sweep_id} has no FAILED, STOPPED or LOST trials",
-                           f"see prm sweep show {sweep.sweep_id}")
+        again = resumable_trials(sweep, self.refresh(trials))
         with contextlib.suppress(FileNotFoundError):
             (sweep_dir(sweep.outputs, sweep.sweep_id) / STOP_MARKER).unlink()
         for t in again:
-            meta = Path(t.meta_dir)
-            with contextlib.suppress(FileNotFoundError):
-                (meta / STOP_MARKER).unlink()
-            RunState.load(meta, t.run_id).set_status(st.PENDING, "resume requested")
-            t.status, t.ended_at, t.note = st.PENDING, None, "resume requested"
+            _reopen(t)
         self.index.upsert_many(again)
         sweep.pid = self._spawn_controller(sweep, [t.run_id for t in again])
         self.index.upsert_sweep(sweep)
@@ -345,6 +326,23 @@ class LocalBackend:
                     rel = path.relative_to(base).as_posix()
                     items.append(RemoteFile(str(path), prefix + rel, stat.st_size, stat.st_mtime))
         return items, LocalSource()
+
+
+def _prepare(plan: Plan, sweep_id: str | None) -> RunRecord:
+    """A new run's files (plan with its inputs, PENDING status) and its index record."""
+    meta = Path(plan.meta_dir)
+    write_json_atomic(meta / "plan.json", plan.to_json(with_input_texts=True))
+    RunState.create(meta, plan.run_id)
+    return new_record(plan, plan.outputs_root, sweep_id)
+
+
+def _reopen(record: RunRecord) -> None:
+    """A FAILED, STOPPED or LOST run made PENDING again for its next attempt."""
+    meta = Path(record.meta_dir)
+    with contextlib.suppress(FileNotFoundError):
+        (meta / STOP_MARKER).unlink()
+    RunState.load(meta, record.run_id).set_status(st.PENDING, "resume requested")
+    record.status, record.ended_at, record.note = st.PENDING, None, "resume requested"
 
 
 def attempt_logs(logs: Path) -> list[tuple[int, Path]]:

@@ -20,12 +20,19 @@ import modal.exception
 from modal.types import FileEntryType
 
 from primerl_modal.backends import modal_remote
-from primerl_modal.backends.base import apply_status, new_record, record_from_stored
+from primerl_modal.backends.base import (
+    apply_status,
+    new_record,
+    record_from_stored,
+    require_resumable,
+    resumable_trials,
+)
 from primerl_modal.core import status as st
 from primerl_modal.core.image_spec import OVERLAY_DIRS, OVERLAY_IGNORE, ImageSpec, image_spec
 from primerl_modal.core.logs import LogLine, parse_attempt_log, parse_prefixed
 from primerl_modal.core.plan import META_DIR, MODAL_LAYOUT, Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
+from primerl_modal.core.run_id import trial_index
 from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunIndex, RunRecord, SweepRecord
@@ -131,12 +138,10 @@ class ModalBackend:
     def _volume(self, name: str) -> modal.Volume:
         return modal.Volume.from_name(name, create_if_missing=True, version=2)
 
-    def define(self, plan: Plan, sweep_id: str | None = None,
-               max_containers: int | None = None) -> tuple[modal.App, Any]:
+    def define(self, plan: Plan, sweep_id: str | None = None) -> tuple[modal.App, Any]:
         """The app and function of one run (defining them makes no network call)."""
         app = modal.App(plan.run_id, tags=tags_of(plan.run_id, sweep_id))
-        function = app.function(**self._function_options(plan, max_containers))(
-            modal_remote.run_remote)
+        function = app.function(**self._function_options(plan))(modal_remote.run_remote)
         return app, function
 
     def _function_options(self, plan: Plan, max_containers: int | None = None) -> dict[str, Any]:
@@ -175,11 +180,8 @@ class ModalBackend:
     def resume_sweep(self, sweep: SweepRecord, trials: list[RunRecord]) -> list[RunRecord]:
         """A new controller for the sweep's FAILED, STOPPED and LOST trials; each trial's
         next attempt resumes from its latest checkpoint."""
-        again = [t for t in trials if t.status in st.RESUMABLE]
-        if not again:
-            raise PrmError(f"{sweep.sweep_id} has no FAILED, STOPPED or LOST trials",
-                           f"see prm sweep show {sweep.sweep_id}")
-        plans = [(int(t.run_id.rsplit("-", 1)[1]), self._stored_plan(t)) for t in again]
+        again = resumable_trials(sweep, trials)
+        plans = [(trial_index(t.run_id), self._stored_plan(t)) for t in again]
         require_token()
         with modal_errors():
             volume = self._volume(sweep.outputs)
@@ -349,12 +351,7 @@ class ModalBackend:
 
     def resume(self, record: RunRecord) -> RunRecord:
         self.refresh([record])
-        if record.status not in st.RESUMABLE:
-            raise PrmError(
-                f"{record.run_id} is {record.status}; only FAILED, STOPPED or LOST runs resume",
-                f"follow it with `prm logs {record.run_id} -f`"
-                if not st.is_final(record.status) else "launch a new run instead",
-            )
+        require_resumable(record)
         plan = self._stored_plan(record)
         require_token()
         with modal_errors():
@@ -374,11 +371,10 @@ class ModalBackend:
 
         path = f"{META_DIR}/{record.run_id}/plan.json"
         with modal_errors():
-            try:
-                data = b"".join(self._volume(record.outputs).read_file(path))
-            except MISSING:
-                raise PrmError(f"{record.run_id} has no {path} on volume {record.outputs}",
-                               "it cannot be resumed; launch it again") from None
+            data = self._read(record.outputs, path)
+        if data is None:
+            raise PrmError(f"{record.run_id} has no {path} on volume {record.outputs}",
+                           "it cannot be resumed; launch it again")
         plan = json_object(data)
         if plan is None:
             raise PrmError(f"{record.run_id}: {path} on volume {record.outputs} is unreadable",
@@ -558,7 +554,8 @@ _BLANK: dict[str, Any] = {
 
 def _shape(plan: Plan) -> str:
     """What makes two trials need different Modal functions."""
-    return json.dumps([image_spec(plan).build_steps(), image_spec(plan).overlays,
+    spec = image_spec(plan)
+    return json.dumps([spec.build_steps(), spec.overlays,
                        plan.gpu.modal_gpu, plan.timeout_s, plan.retries, plan.secrets,
                        plan.pass_env, dict(plan.env), plan.cpu, plan.memory_mb, plan.region,
                        plan.volumes], default=str)

@@ -266,5 +266,7 @@ def rank(trials: list[Any], goal: str) -> list[Any]:
     scored = [t for t in trials if t.metric_value is not None]
     rest = [t for t in trials if t.metric_value is None]
     scored.sort(key=lambda t: t.metric_value, reverse=goal == "max")
-    return scored + sorted(rest, key=lambda t: int(t.run_id.rsplit("-", 1)[1]))
+    from primerl_modal.core.run_id import trial_index
+
+    return scored + sorted(rest, key=lambda t: trial_index(t.run_id))
 

@@ -51,5 +51,10 @@ def make_run_id(name: str, now: datetime, token: str) -> str:
     return f"{check_name(name)}-{stamp}-{token[:4].lower()}"
 
 
+def trial_index(run_id: str) -> int:
+    """The index of a sweep trial from its run id ``<sweep-id>-<index>``."""
+    return int(run_id.rsplit("-", 1)[1])
+
+
 def is_run_id(text: str) -> bool:
     return bool(RUN_ID.match(text)) and len(text) <= MAX_LEN
