@@ -202,9 +202,12 @@ def ls(json_out: JsonOption = False) -> None:
     from primerl_modal.ui.table import Column, emit
 
     index = run_index()
+    sweeps = index.sweeps()
+    by_sweep = {s.sweep_id: index.list(sweep_id=s.sweep_id) for s in sweeps}
+    refresh_all(index, [t for trials in by_sweep.values() for t in trials])  # one batch
     rows = []
-    for s in index.sweeps():
-        trials = refresh_all(index, index.list(sweep_id=s.sweep_id))
+    for s in sweeps:
+        trials = by_sweep[s.sweep_id]
         counts: dict[str, int] = {}
         for t in trials:
             counts[t.status] = counts.get(t.status, 0) + 1
