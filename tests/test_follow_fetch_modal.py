@@ -117,3 +117,54 @@ def test_pull_a_run_that_has_no_prm_folder(prm, modal_env, tmp_path):
     r = prm("pull", "bare-1", str(tmp_path / "d"))
     assert r.code == 0, r.err
     assert (tmp_path / "d" / "logs" / "x.log").read_text() == "hi\n"
+
+
+def test_pull_gets_past_failed_block_reads_and_never_keeps_a_corrupt_file(prm, modal_env,
+                                                                           tmp_path):
+    """Small files take one lean request pair; a failed or corrupt block sends the file
+    through modal's own reader (with its retries). A file larger than one block, and an
+    empty one, arrive whole too; a block that stays corrupt fails that file, and only it."""
+    import os
+
+    from primerl_modal.run_index import RunRecord
+
+    volume = modal_env.volume_path("prime-rl-outputs")
+    data = {"rollouts/step_1/flaky.bin": os.urandom(5000),
+            "rollouts/step_1/bad.bin": os.urandom(300),
+            "rollouts/step_1/empty.bin": b"",
+            "checkpoints/step_1/weights.bin": os.urandom((9 << 20) + 123),  # two blocks
+            "logs/run.log": b"line\n" * 1000}
+    for rel, body in data.items():
+        (volume / "faulty-1" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (volume / "faulty-1" / rel).write_bytes(body)
+    run_index().upsert(RunRecord("faulty-1", "faulty", "p", "modal", "SUCCEEDED", 1.0, 1.0,
+                                 "H100", 2, 1, 1, 1, 1, 3.95, 60, 0, "prime-rl-outputs", "", ""))
+    modal_env.fault_block_reads("prime-rl-outputs", "faulty-1/rollouts/step_1/flaky.bin",
+                                "503", "corrupt")
+    modal_env.fault_block_reads("prime-rl-outputs", "faulty-1/rollouts/step_1/bad.bin",
+                                *["corrupt"] * 6)  # the lean read and all five of modal's
+    dest = tmp_path / "dest"
+    r = prm("pull", "faulty-1", str(dest), "--json")
+    assert r.code == 1
+    statuses = {m["path"]: m["status"] for m in r.json()}
+    assert statuses == {**{k: "downloaded" for k in data}, "rollouts/step_1/bad.bin": "failed"}
+    for rel, body in data.items():
+        if rel != "rollouts/step_1/bad.bin":
+            assert (dest / rel).read_bytes() == body, rel
+    assert not (dest / "rollouts/step_1/bad.bin").exists()
+    assert not [p for p in dest.rglob("*") if p.name.endswith(".prm-part")]
+    assert "failed: rollouts/step_1/bad.bin" in r.err
+    # One block-URL call per file, and a second one only for the two files whose lean read
+    # failed: the lean reader served the rest, modal's reader took over for those two.
+    assert modal_env.requests.count("VolumeGetFile2") == len(data) + 2
+
+
+def test_without_the_client_internals_it_needs_the_lean_reader_steps_aside():
+    import asyncio
+
+    from primerl_modal.backends.volume_reads import open_reader
+
+    async def attempt() -> object:
+        return await open_reader(object(), asyncio.Semaphore(1), asyncio.Semaphore(1))
+
+    assert asyncio.run(attempt()) is None

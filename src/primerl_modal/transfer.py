@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from primerl_modal.core.selection import RemoteFile, safe_dest
 
 T = TypeVar("T")
 WORKERS = 128
+IN_MEMORY = 1 << 20  # files up to this size are fetched into memory: at most WORKERS at once
 PART = ".prm-part"
 
 
@@ -39,9 +41,9 @@ class Outcome:
                 **({"error": self.error} if self.error else {})}
 
 
-def _present(target: Path, item: RemoteFile) -> bool:
+def _present(target: str, item: RemoteFile) -> bool:
     try:
-        stat = target.stat()
+        stat = os.stat(target)
     except FileNotFoundError:
         return False
     return stat.st_size == item.size and abs(stat.st_mtime - item.mtime) < 1e-3
@@ -54,26 +56,29 @@ async def pull_files(source: Source, files: Iterable[RemoteFile] | AsyncIterator
     """Fetch ``files`` into ``dest``; returns one outcome per file, in order. A stream of
     files (a listing still in progress) starts each download as soon as it is listed."""
     dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
+    base, root = str(dest), os.path.realpath(dest)
     gate = asyncio.Semaphore(workers)
     # Each folder is made and checked once, not once per file: (inside DEST, made by us).
-    folders: dict[Path, tuple[bool, bool]] = {}
+    # Paths are plain strings here: this runs for every file of the pull.
+    folders: dict[str, tuple[bool, bool]] = {}
 
-    def folder_of(target: Path) -> tuple[bool, bool]:
+    def folder_of(target: str) -> tuple[bool, bool]:
         # safe_dest rules out '..' and absolute paths; what is left is a symlink under DEST
         # pointing out of it, so resolving each folder once is enough.
-        folder = target.parent
-        if folder not in folders:
-            fresh = not folder.exists()
-            folder.mkdir(parents=True, exist_ok=True)
-            folders[folder] = (folder.resolve().is_relative_to(root), fresh)
-        return folders[folder]
+        folder = os.path.dirname(target)
+        known = folders.get(folder)
+        if known is None:
+            fresh = not os.path.exists(folder)
+            os.makedirs(folder, exist_ok=True)
+            real = os.path.realpath(folder)
+            known = folders[folder] = (real == root or real.startswith(root + os.sep), fresh)
+        return known
 
     async def one(item: RemoteFile) -> Outcome:
-        target = dest / item.dest
+        target = os.path.join(base, item.dest)
         inside, fresh = folder_of(target) if safe_dest(item.dest) else (False, False)
         # In a folder this pull made, nothing can be there yet, let alone a symlink.
-        if not inside or (not fresh and target.is_symlink()):
+        if not inside or (not fresh and os.path.islink(target)):
             outcome = Outcome(item.dest, item.size, "refused", "path would leave DEST")
         elif not fresh and _present(target, item):
             outcome = Outcome(item.dest, item.size, "present")
@@ -89,16 +94,35 @@ async def pull_files(source: Source, files: Iterable[RemoteFile] | AsyncIterator
     return list(await asyncio.gather(*(one(f) for f in files)))
 
 
-async def _download(source: Source, item: RemoteFile, target: Path,
+async def _download(source: Source, item: RemoteFile, target: str,
                     on_bytes: Callable[[int], None]) -> Outcome:
-    part = target.with_name(target.name + PART)
+    part = target + PART
     try:
-        with open(part, "wb") as out:
-            await source.fetch(item, out, on_bytes)
-        os.utime(part, (item.mtime, item.mtime))
+        if item.size <= IN_MEMORY:  # fetched whole, then written in one go
+            buffer = io.BytesIO()
+            await source.fetch(item, buffer, on_bytes)
+            _write(part, buffer.getbuffer(), item.mtime)
+        else:
+            with open(part, "wb") as out:
+                await source.fetch(item, out, on_bytes)
+            os.utime(part, (item.mtime, item.mtime))
         os.replace(part, target)
     except Exception as e:  # one file's failure is reported, the others go on
         with contextlib.suppress(FileNotFoundError):
-            part.unlink()
+            os.unlink(part)
         return Outcome(item.dest, item.size, "failed", f"{type(e).__name__}: {e}")
     return Outcome(item.dest, item.size, "downloaded")
+
+
+def _write(path: str, data: memoryview, mtime: float) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0),
+                 0o666)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+        if os.utime in os.supports_fd:
+            os.utime(fd, (mtime, mtime))
+    finally:
+        os.close(fd)
+    if os.utime not in os.supports_fd:
+        os.utime(path, (mtime, mtime))

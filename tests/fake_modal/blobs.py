@@ -26,6 +26,9 @@ class ContentStore:
         self._lock = threading.Lock()
         self._blobs: dict[str, bytes] = {}
         self._content: dict[str, bytes] = {}
+        # local file path -> faults for its next block reads, in order: "503" (an error
+        # reply) or "corrupt" (a body that does not match its digest).
+        self._faults: dict[str, list[str]] = {}
 
     def put_blob(self, blob_id: str, data: bytes) -> None:
         with self._lock:
@@ -49,10 +52,21 @@ class ContentStore:
         with self._lock:
             return sha256_hex in self._content
 
+    def add_faults(self, local_path: str, kinds: tuple[str, ...]) -> None:
+        with self._lock:
+            self._faults.setdefault(local_path, []).extend(kinds)
+
+    def next_fault(self, local_path: str) -> str | None:
+        """The fault to inject into this read of ``local_path``, if any is still queued."""
+        with self._lock:
+            queued = self._faults.get(local_path)
+            return queued.pop(0) if queued else None
+
     def clear(self) -> None:
         with self._lock:
             self._blobs.clear()
             self._content.clear()
+            self._faults.clear()
 
 
 class BlobServer:
@@ -145,6 +159,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(404, b"no such file")
                 return
             digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+            fault = self.store.next_fault(str(path))
+            if fault == "503":
+                self._reply(503, b"slow down")
+                return
+            if fault == "corrupt" and data:
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
             self._reply(200, data, {"Repr-Digest": f"sha-256=:{digest}:"})
         else:
             self._reply(404, b"unknown route")

@@ -261,6 +261,11 @@ class FakeModal:
         """Local directory holding the files of volume `name`."""
         return self.root / "volumes" / name
 
+    def fault_block_reads(self, volume: str, path: str, *kinds: str) -> None:
+        """Make the next block reads of a file in a volume fail, one kind per read:
+        "503" answers with an error, "corrupt" flips a byte so the digest check fails."""
+        self.store.add_faults(str((self.volume_path(volume) / path).resolve()), kinds)
+
     def image_commands(self, image_id: str) -> list[str]:
         """All Dockerfile commands of an image, from its root base image down to itself."""
         image = self.images[image_id]

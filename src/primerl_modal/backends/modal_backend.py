@@ -11,7 +11,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -27,6 +27,7 @@ from primerl_modal.backends.base import (
     require_resumable,
     resumable_trials,
 )
+from primerl_modal.backends.volume_reads import SmallFileReader, open_reader
 from primerl_modal.core import status as st
 from primerl_modal.core.image_spec import OVERLAY_DIRS, OVERLAY_IGNORE, ImageSpec, image_spec
 from primerl_modal.core.logs import LogLine, parse_attempt_log, parse_prefixed
@@ -488,19 +489,21 @@ class ModalBackend:
 class ModalSource:
     """Fetches from a volume. The transfer runs on the modal client's own event loop and
     awaits the volume's async implementation directly, with one pair of semaphores for all
-    files (block-URL RPCs and block downloads in flight): one loop, no hop between threads
-    for each file, as `modal volume get` does. Should that internal API move, it falls back
-    to the public `.aio` methods on a loop of its own."""
+    files (block-URL calls and block downloads in flight), as `modal volume get` does. Files
+    of one block (most of a run's files) go through the lean reader of volume_reads, the rest
+    and any file it has trouble with through modal's own reader. Should the internal API
+    move, it falls back to the public `.aio` methods on a loop of its own."""
 
     def __init__(self, volume: modal.Volume) -> None:
         self.volume = volume
-        self._read: Callable[..., Awaitable[Any]] = volume.read_file_into_fileobj.aio
+        self._impl: Any = None
         self._synchronizer: Any = None
         self._gates: dict[str, Any] = {}
+        self._reader: SmallFileReader | None = None
         try:
             from modal._utils.async_utils import synchronizer
 
-            self._read = synchronizer._translate_in(volume)._read_file_into_fileobj
+            self._impl = synchronizer._translate_in(volume)
             self._synchronizer = synchronizer
         except (ImportError, AttributeError):
             pass
@@ -508,14 +511,21 @@ class ModalSource:
     def run(self, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
         if self._synchronizer is None:
             return asyncio.run(main())
-        return self._synchronizer.create_blocking(main)()
+
+        async def with_reader() -> T:
+            # Made on the running loop and shared by every file of the pull.
+            self._gates = {"rpc_semaphore": asyncio.Semaphore(RPCS_IN_FLIGHT),
+                           "download_semaphore": asyncio.Semaphore(BLOCKS_IN_FLIGHT)}
+            with modal_errors():
+                self._reader = await open_reader(self._impl, *self._gates.values())
+            return await main()
+
+        return self._synchronizer.create_blocking(with_reader)()
 
     async def listing(self, roots: tuple[tuple[str, str], ...],
                       keep: Callable[[RemoteFile], bool]) -> AsyncIterator[RemoteFile]:
-        impl = (self._synchronizer._translate_in(self.volume) if self._synchronizer
-                else None)
         for root, prefix in roots:
-            entries = impl.iterdir(root, recursive=True) if impl else \
+            entries = self._impl.iterdir(root, recursive=True) if self._impl else \
                 self.volume.iterdir.aio(root, recursive=True)
             with modal_errors():
                 try:
@@ -530,17 +540,25 @@ class ModalSource:
 
     async def fetch(self, item: RemoteFile, out: IO[bytes],
                     progress: Callable[[int], None]) -> None:
+        reader = self._reader
+        if reader is not None and item.size <= reader.block_size:
+            try:
+                progress(await reader.read(item.remote, out))
+                return
+            except Exception:  # noqa: BLE001 - modal's reader below retries or says what is wrong
+                out.seek(0)
+                out.truncate()
+
         def on_progress(advance: int = 0, **_: Any) -> None:
             if advance:
                 progress(advance)
 
         if self._synchronizer is None:
-            await self._read(item.remote, out, progress_cb=on_progress)
+            await self.volume.read_file_into_fileobj.aio(item.remote, out,
+                                                         progress_cb=on_progress)
             return
-        if not self._gates:  # made on the running loop; shared by every file of the pull
-            self._gates = {"rpc_semaphore": asyncio.Semaphore(RPCS_IN_FLIGHT),
-                           "download_semaphore": asyncio.Semaphore(BLOCKS_IN_FLIGHT)}
-        await self._read(item.remote, out, progress_cb=on_progress, **self._gates)
+        await self._impl._read_file_into_fileobj(item.remote, out, progress_cb=on_progress,
+                                                 concurrency=BLOCKS_IN_FLIGHT, **self._gates)
 
 
 _ATTEMPT = re.compile(r": attempt (\d+)$")

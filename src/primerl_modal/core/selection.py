@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from primerl_modal.errors import PrmError, UsageError
 
@@ -21,9 +20,15 @@ class RemoteFile:
     mtime: float
 
 
+def _parts(dest: str) -> list[str]:
+    """A relative posix path's components, as PurePosixPath.parts gives them (no empty or
+    '.' parts), without its cost: this runs once per listed file."""
+    return [p for p in dest.split("/") if p and p != "."]
+
+
 def category(dest: str) -> str:
     """logs, configs, metrics, checkpoints, rollouts, broadcasts or other."""
-    parts = PurePosixPath(dest).parts
+    parts = _parts(dest)
     if parts and parts[0] == "_prm":
         name = parts[1] if len(parts) > 1 else ""
         return {"logs": "logs", "inputs": "configs", "plan.json": "configs"}.get(name, "metrics")
@@ -79,6 +84,5 @@ def select(files: Iterable[RemoteFile], only: frozenset[str] | None,
 
 def safe_dest(dest: str) -> bool:
     """A relative path with no '..' and no absolute part: it cannot leave DEST."""
-    path = PurePosixPath(dest)
-    return bool(dest) and not path.is_absolute() and ".." not in path.parts and \
+    return bool(dest) and not dest.startswith("/") and ".." not in _parts(dest) and \
         "\\" not in dest
