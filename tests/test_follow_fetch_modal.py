@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
-from conftest import finished, launched
+import pytest
+from conftest import finished, launched, wait_for
 
 from primerl_modal.planning import run_index
 
@@ -168,3 +170,54 @@ def test_without_the_client_internals_it_needs_the_lean_reader_steps_aside():
         return await open_reader(object(), asyncio.Semaphore(1), asyncio.Semaphore(1))
 
     assert asyncio.run(attempt()) is None
+
+
+def _slow_run(modal_env, run_id: str) -> dict[str, bytes]:
+    """A run on the volume whose last few files (one of them streamed, 2 MiB) hang when read."""
+    import os
+
+    from primerl_modal.run_index import RunRecord
+
+    volume = modal_env.volume_path("prime-rl-outputs")
+    data = {f"rollouts/step_1/s{i:02d}.jsonl": os.urandom(4096) for i in range(30)}
+    data["checkpoints/step_1/weights.bin"] = os.urandom(2 << 20)
+    for rel, body in data.items():
+        (volume / run_id / rel).parent.mkdir(parents=True, exist_ok=True)
+        (volume / run_id / rel).write_bytes(body)
+    for rel in [*list(data)[:3], "checkpoints/step_1/weights.bin"]:
+        modal_env.fault_block_reads("prime-rl-outputs", f"{run_id}/{rel}", "slow")
+    run_index().upsert(RunRecord(run_id, "slow", "p", "modal", "SUCCEEDED", 1.0, 1.0, "H100", 2,
+                                 1, 1, 1, 1, 3.95, 60, 0, "prime-rl-outputs", "", ""))
+    return data
+
+
+def _complete(dest) -> dict[str, bytes]:
+    return {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*")
+            if p.is_file() and not p.name.endswith(".prm-part")}
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_a_pull_killed_half_way_keeps_only_whole_files_and_a_rerun_fetches_the_rest(
+        prm, modal_env, tmp_path, how):
+    data = _slow_run(modal_env, "slow-1")
+    dest = tmp_path / "dest"
+    proc = subprocess.Popen([*PRM, "pull", "slow-1", str(dest)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: dest.exists() and len(_complete(dest)) == 27, timeout=60,
+             what="the 27 quick files")
+    wait_for(lambda: (dest / "checkpoints/step_1/weights.bin.prm-part").exists(),
+             what="the streamed file under its temporary name")
+    proc.send_signal(how)
+    _, err = proc.communicate(timeout=30)
+    got = _complete(dest)
+    assert len(got) == 27 and all(data[k] == v for k, v in got.items())  # whole, or absent
+    if how == signal.SIGINT:  # a clean stop: one line, no traceback, nothing half-written
+        assert proc.returncode == 130
+        assert err.strip() == ("prm: interrupted after 27 of 31 files; the same command "
+                               "fetches the rest")
+        assert not list(dest.rglob("*.prm-part"))
+    r = prm("pull", "slow-1", str(dest), "--json")
+    assert r.code == 0, r.err
+    statuses = [m["status"] for m in r.json()]
+    assert statuses.count("present") == 27 and statuses.count("downloaded") == 4
+    assert _complete(dest) == data and not list(dest.rglob("*.prm-part"))

@@ -107,9 +107,11 @@ async def _download(source: Source, item: RemoteFile, target: str,
                 await source.fetch(item, out, on_bytes)
             os.utime(part, (item.mtime, item.mtime))
         os.replace(part, target)
-    except Exception as e:  # one file's failure is reported, the others go on
+    except BaseException as e:  # one file's failure is reported, the others go on
         with contextlib.suppress(FileNotFoundError):
             os.unlink(part)
+        if not isinstance(e, Exception):  # cancelled (Ctrl-C): no part file left behind
+            raise
         return Outcome(item.dest, item.size, "failed", f"{type(e).__name__}: {e}")
     return Outcome(item.dest, item.size, "downloaded")
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+SLOW_READ_S = 60.0
 
 
 class ContentStore:
@@ -27,7 +30,8 @@ class ContentStore:
         self._blobs: dict[str, bytes] = {}
         self._content: dict[str, bytes] = {}
         # local file path -> faults for its next block reads, in order: "503" (an error
-        # reply) or "corrupt" (a body that does not match its digest).
+        # reply), "corrupt" (a body that does not match its digest) or "slow" (an answer
+        # only after SLOW_READ_S).
         self._faults: dict[str, list[str]] = {}
 
     def put_blob(self, blob_id: str, data: bytes) -> None:
@@ -160,6 +164,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
             fault = self.store.next_fault(str(path))
+            if fault == "slow":  # a read that hangs well past any test's patience
+                time.sleep(SLOW_READ_S)
             if fault == "503":
                 self._reply(503, b"slow down")
                 return

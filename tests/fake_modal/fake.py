@@ -263,7 +263,8 @@ class FakeModal:
 
     def fault_block_reads(self, volume: str, path: str, *kinds: str) -> None:
         """Make the next block reads of a file in a volume fail, one kind per read:
-        "503" answers with an error, "corrupt" flips a byte so the digest check fails."""
+        "503" answers with an error, "corrupt" flips a byte so the digest check fails,
+        "slow" answers only after a minute (to catch a pull in the middle)."""
         self.store.add_faults(str((self.volume_path(volume) / path).resolve()), kinds)
 
     def image_commands(self, image_id: str) -> list[str]:

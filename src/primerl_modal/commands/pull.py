@@ -73,7 +73,7 @@ def pull(
 
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), TimeRemainingColumn(), console=console.err(),
-                  transient=True) as bar:
+                  transient=True, disable=not console.err().is_terminal) as bar:
         task = bar.add_task("listing", total=None)
         listed = {"files": 0, "bytes": 0}
         done, shown = 0, 0.0
@@ -104,8 +104,14 @@ def pull(
                 bar.update(task, description=f"{done}/{listed['files']} files")
                 shown = now
 
-        outcomes = source.run(lambda: pull_files(source, files, target,
-                                                 lambda n: bar.advance(task, n), on_file))
+        try:
+            outcomes = source.run(lambda: pull_files(source, files, target,
+                                                     lambda n: bar.advance(task, n), on_file))
+        except KeyboardInterrupt:
+            console.err().print(
+                f"prm: interrupted after {done} of {listed['files']} files; the same command "
+                "fetches the rest", highlight=False)
+            raise typer.Exit(130) from None
     counts = {s: sum(1 for o in outcomes if o.status == s)
               for s in ("downloaded", "present", "refused", "failed")}
     if json_out:
