@@ -123,9 +123,9 @@ def test_pull_a_run_that_has_no_prm_folder(prm, modal_env, tmp_path):
 
 def test_pull_gets_past_failed_block_reads_and_never_keeps_a_corrupt_file(prm, modal_env,
                                                                            tmp_path):
-    """Small files take one lean request pair; a failed or corrupt block sends the file
-    through modal's own reader (with its retries). A file larger than one block, and an
-    empty one, arrive whole too; a block that stays corrupt fails that file, and only it."""
+    """Files take the lean reader; a failed or corrupt block sends the file through modal's
+    own reader (with its retries). Files of one block, of two and of none arrive whole; a
+    block that stays corrupt fails that file, and only it."""
     import os
 
     from primerl_modal.run_index import RunRecord
@@ -145,6 +145,8 @@ def test_pull_gets_past_failed_block_reads_and_never_keeps_a_corrupt_file(prm, m
                                 "503", "corrupt")
     modal_env.fault_block_reads("prime-rl-outputs", "faulty-1/rollouts/step_1/bad.bin",
                                 *["corrupt"] * 6)  # the lean read and all five of modal's
+    modal_env.fault_block_reads("prime-rl-outputs", "faulty-1/checkpoints/step_1/weights.bin",
+                                "corrupt")  # one of its two blocks, read in parallel
     dest = tmp_path / "dest"
     r = prm("pull", "faulty-1", str(dest), "--json")
     assert r.code == 1
@@ -156,9 +158,9 @@ def test_pull_gets_past_failed_block_reads_and_never_keeps_a_corrupt_file(prm, m
     assert not (dest / "rollouts/step_1/bad.bin").exists()
     assert not [p for p in dest.rglob("*") if p.name.endswith(".prm-part")]
     assert "failed: rollouts/step_1/bad.bin" in r.err
-    # One block-URL call per file, and a second one only for the two files whose lean read
-    # failed: the lean reader served the rest, modal's reader took over for those two.
-    assert modal_env.requests.count("VolumeGetFile2") == len(data) + 2
+    # One block-URL call per file, and a second one only for the three files whose lean read
+    # failed: the lean reader served the rest, modal's reader took over for those three.
+    assert modal_env.requests.count("VolumeGetFile2") == len(data) + 3
 
 
 def test_without_the_client_internals_it_needs_the_lean_reader_steps_aside():

@@ -27,7 +27,7 @@ from primerl_modal.backends.base import (
     require_resumable,
     resumable_trials,
 )
-from primerl_modal.backends.volume_reads import SmallFileReader, open_reader
+from primerl_modal.backends.volume_reads import VolumeReader, open_reader
 from primerl_modal.core import status as st
 from primerl_modal.core.image_spec import OVERLAY_DIRS, OVERLAY_IGNORE, ImageSpec, image_spec
 from primerl_modal.core.logs import LogLine, parse_attempt_log, parse_prefixed
@@ -490,16 +490,16 @@ class ModalSource:
     """Fetches from a volume. The transfer runs on the modal client's own event loop and
     awaits the volume's async implementation directly, with one pair of semaphores for all
     files (block-URL calls and block downloads in flight), as `modal volume get` does. Files
-    of one block (most of a run's files) go through the lean reader of volume_reads, the rest
-    and any file it has trouble with through modal's own reader. Should the internal API
-    move, it falls back to the public `.aio` methods on a loop of its own."""
+    go through the lean reader of volume_reads; any file it has trouble with goes again
+    through modal's own reader, with its retries. Should the internal API move, it falls
+    back to the public `.aio` methods on a loop of its own."""
 
     def __init__(self, volume: modal.Volume) -> None:
         self.volume = volume
         self._impl: Any = None
         self._synchronizer: Any = None
         self._gates: dict[str, Any] = {}
-        self._reader: SmallFileReader | None = None
+        self._reader: VolumeReader | None = None
         try:
             from modal._utils.async_utils import synchronizer
 
@@ -540,10 +540,9 @@ class ModalSource:
 
     async def fetch(self, item: RemoteFile, out: IO[bytes],
                     progress: Callable[[int], None]) -> None:
-        reader = self._reader
-        if reader is not None and item.size <= reader.block_size:
+        if self._reader is not None:
             try:
-                progress(await reader.read(item.remote, out))
+                progress(await self._reader.read(item.remote, out))
                 return
             except Exception:  # noqa: BLE001 - modal's reader below retries or says what is wrong
                 out.seek(0)
