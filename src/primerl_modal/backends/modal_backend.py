@@ -1,5 +1,6 @@
 """The Modal backend: one detached ephemeral app per run, whose one function call runs the
-runner on the run's GPUs. The only client-side module that imports modal."""
+runner on the run's GPUs. Client-side, modal is imported here, in volume_reads (which this
+module calls) and in `prm doctor`'s checks; nowhere else."""
 
 from __future__ import annotations
 
