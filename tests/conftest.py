@@ -141,11 +141,11 @@ def launched(prm: Any, *args: str) -> str:
 
 
 def finished(fake: Any, run_id: str) -> Any:
-    from primerl_modal.planning import run_index
+    from primerl_modal.run_index import open_index
 
-    rec = run_index().get(run_id)
+    rec = open_index().get(run_id)
     fake.wait_call(rec.call_id, timeout=60)
     from primerl_modal.backends.modal_backend import ModalBackend
 
-    (rec,) = ModalBackend(run_index()).refresh([rec])
+    (rec,) = ModalBackend(open_index()).refresh([rec])
     return rec

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import wait_for
 
-from primerl_modal.planning import run_index
+from primerl_modal.run_index import open_index
 
 PRM = [sys.executable, "-m", "primerl_modal"]
 
@@ -19,7 +19,7 @@ PRM = [sys.executable, "-m", "primerl_modal"]
 def launch(prm, profile: Path, *args: str, attached: bool = True) -> str:
     r = prm("run", str(profile), *args, *(() if attached else ("--detach",)))
     assert r.code in (0, 1), r.err
-    return run_index().list()[0].run_id
+    return open_index().list()[0].run_id
 
 
 def test_ls_shows_statuses_steps_metrics_costs_and_filters(prm, local_profile, fast_fake,
@@ -49,14 +49,14 @@ def test_ls_shows_statuses_steps_metrics_costs_and_filters(prm, local_profile, f
 def test_ls_all_finds_a_run_this_machine_never_launched(prm, local_profile, fast_fake,
                                                         tmp_path, monkeypatch):
     run_id = launch(prm, local_profile)
-    theirs = Path(run_index().get(run_id).outputs)
+    theirs = Path(open_index().get(run_id).outputs)
     mine = tmp_path / "teammate-home"
     monkeypatch.setenv("PRM_HOME", str(mine))
     shutil.copytree(theirs, mine / "outputs")
     assert prm("ls", "--json").json() == []
     rows = prm("ls", "--all", "--json").json()
     assert [(r["run_id"], r["status"], r["step"]) for r in rows] == [(run_id, "SUCCEEDED", [8, 8])]
-    assert run_index().get(run_id) is not None  # added to the index
+    assert open_index().get(run_id) is not None  # added to the index
 
 
 def test_logs_of_a_finished_run_with_filters(prm, local_profile, fast_fake):
@@ -84,7 +84,7 @@ def test_logs_since_and_attempt(prm, local_profile, fast_fake, monkeypatch):
     second = prm("logs", run_id, "--attempt", "2", "--tail", "0").out
     assert first and all(json.loads(x)["attempt"] == 1 for x in first)
     assert "Resuming from checkpoint" in second and "CUDA error" not in second
-    log = Path(run_index().get(run_id).meta_dir) / "logs" / "attempt_1.log"
+    log = Path(open_index().get(run_id).meta_dir) / "logs" / "attempt_1.log"
     old = time.time() - 7200  # pretend attempt 1 ran two hours ago
     log.write_text("".join(f"{old:.3f} {line.split(' ', 1)[1]}\n"
                            for line in log.read_text().splitlines()))
@@ -101,7 +101,7 @@ def test_logs_follow_prints_lines_as_they_come_and_returns_at_the_end(prm, local
     assert proc.stdout is not None
     first = proc.stdout.readline()
     assert first.startswith(("[trainer]", "[runner]"))
-    status_then = json.loads((Path(run_index().get(run_id).meta_dir) / "status.json")
+    status_then = json.loads((Path(open_index().get(run_id).meta_dir) / "status.json")
                              .read_text())["status"]
     rest = proc.stdout.read()
     proc.wait(timeout=30)
@@ -129,7 +129,7 @@ def test_show_has_plan_history_attempts_cost_paths_and_next_steps(prm, local_pro
 def test_pull_everything_byte_for_byte_then_only_the_latest_checkpoint(prm, local_profile,
                                                                        fast_fake, tmp_path):
     run_id = launch(prm, local_profile, "--set", "max_steps=6")  # checkpoints 2, 4, 6
-    rec = run_index().get(run_id)
+    rec = open_index().get(run_id)
     dest = tmp_path / "pulled"
     r = prm("pull", run_id, str(dest), "--json")
     assert r.code == 0, r.err
@@ -164,7 +164,7 @@ def test_pull_default_dest_and_unknown_run(prm, local_profile, fast_fake):
 def test_a_running_run_can_be_pulled(prm, local_profile, fast_fake, monkeypatch, tmp_path):
     monkeypatch.setenv("FAKE_RL_STEP_SECONDS", "0.2")
     run_id = launch(prm, local_profile, "--set", "max_steps=30", attached=False)
-    meta = Path(run_index().get(run_id).meta_dir)
+    meta = Path(open_index().get(run_id).meta_dir)
     wait_for(lambda: (meta / "status.json").exists()
              and json.loads((meta / "status.json").read_text()).get("progress", {}).get("step"),
              what="a step")

@@ -9,14 +9,14 @@ import sys
 import pytest
 from conftest import finished, launched, wait_for
 
-from primerl_modal.planning import run_index
+from primerl_modal.run_index import open_index
 
 PRM = [sys.executable, "-m", "primerl_modal"]
 
 
 def test_ls_refreshes_modal_runs_from_the_volume(prm, modal_env):
     run_id = launched(prm, "reverse-text")
-    rec = run_index().get(run_id)
+    rec = open_index().get(run_id)
     modal_env.wait_call(rec.call_id, timeout=60)
     (row,) = prm("ls", "--json").json()
     assert row["run_id"] == run_id and row["status"] == "SUCCEEDED"
@@ -32,7 +32,7 @@ def test_ls_all_finds_a_run_that_exists_only_on_the_volume(prm, modal_env, tmp_p
     assert prm("ls", "--json").json() == []
     rows = prm("ls", "--all", "--json").json()
     assert [(r["run_id"], r["status"]) for r in rows] == [(run_id, "SUCCEEDED")]
-    assert run_index().get(run_id).app_id is None  # found on the volume, not launched here
+    assert open_index().get(run_id).app_id is None  # found on the volume, not launched here
 
 
 def test_logs_of_a_finished_modal_run_come_from_the_volume(prm, modal_env):
@@ -52,7 +52,7 @@ def test_logs_follow_streams_a_live_modal_run_until_it_ends(prm, modal_env):
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     first = proc.stdout.readline()
-    call = modal_env.calls[run_index().get(run_id).call_id]
+    call = modal_env.calls[open_index().get(run_id).call_id]
     running_then = call["status"]
     rest = proc.stdout.read()
     proc.wait(timeout=60)
@@ -114,7 +114,7 @@ def test_pull_a_run_that_has_no_prm_folder(prm, modal_env, tmp_path):
     volume = modal_env.volume_path("prime-rl-outputs")
     (volume / "bare-1" / "logs").mkdir(parents=True)
     (volume / "bare-1" / "logs" / "x.log").write_text("hi\n")
-    run_index().upsert(RunRecord("bare-1", "bare", "p", "modal", "SUCCEEDED", 1.0, 1.0, "H100",
+    open_index().upsert(RunRecord("bare-1", "bare", "p", "modal", "SUCCEEDED", 1.0, 1.0, "H100",
                                  2, 1, 1, 1, 1, 3.95, 60, 0, "prime-rl-outputs", "", ""))
     r = prm("pull", "bare-1", str(tmp_path / "d"))
     assert r.code == 0, r.err
@@ -139,7 +139,7 @@ def test_pull_gets_past_failed_block_reads_and_never_keeps_a_corrupt_file(prm, m
     for rel, body in data.items():
         (volume / "faulty-1" / rel).parent.mkdir(parents=True, exist_ok=True)
         (volume / "faulty-1" / rel).write_bytes(body)
-    run_index().upsert(RunRecord("faulty-1", "faulty", "p", "modal", "SUCCEEDED", 1.0, 1.0,
+    open_index().upsert(RunRecord("faulty-1", "faulty", "p", "modal", "SUCCEEDED", 1.0, 1.0,
                                  "H100", 2, 1, 1, 1, 1, 3.95, 60, 0, "prime-rl-outputs", "", ""))
     modal_env.fault_block_reads("prime-rl-outputs", "faulty-1/rollouts/step_1/flaky.bin",
                                 "503", "corrupt")
@@ -188,7 +188,7 @@ def _slow_run(modal_env, run_id: str) -> dict[str, bytes]:
         (volume / run_id / rel).write_bytes(body)
     for rel in [*list(data)[:3], "checkpoints/step_1/weights.bin"]:
         modal_env.fault_block_reads("prime-rl-outputs", f"{run_id}/{rel}", "slow")
-    run_index().upsert(RunRecord(run_id, "slow", "p", "modal", "SUCCEEDED", 1.0, 1.0, "H100", 2,
+    open_index().upsert(RunRecord(run_id, "slow", "p", "modal", "SUCCEEDED", 1.0, 1.0, "H100", 2,
                                  1, 1, 1, 1, 3.95, 60, 0, "prime-rl-outputs", "", ""))
     return data
 

@@ -13,13 +13,13 @@ import pytest
 from conftest import wait_for
 
 from primerl_modal.backends.local import LocalBackend
-from primerl_modal.planning import run_index
+from primerl_modal.run_index import open_index
 
 PRM = [sys.executable, "-m", "primerl_modal"]
 
 
 def record(run_id: str):
-    return run_index().get(run_id)
+    return open_index().get(run_id)
 
 
 def status_file(run_id: str) -> dict:
@@ -37,7 +37,7 @@ def test_attached_run_succeeds_and_index_agrees_with_metadata(prm, local_profile
     assert r.code == 0, r.err
     for prefix in ("[runner]", "[launcher]", "[trainer]", "[orchestrator]", "[inference]"):
         assert prefix in r.out
-    (rec,) = run_index().list()
+    (rec,) = open_index().list()
     assert rec.status == "SUCCEEDED" and rec.backend == "local"
     assert (rec.step, rec.max_steps, rec.attempts) == (8, 8, 1)
     status = status_file(rec.run_id)
@@ -56,7 +56,7 @@ def test_failing_launcher_exits_1_with_the_failing_lines(prm, local_profile, fas
     monkeypatch.setenv("FAKE_RL_FAIL_AT_STEP", "3")
     r = prm("run", str(local_profile))
     assert r.code == 1
-    (rec,) = run_index().list()
+    (rec,) = open_index().list()
     assert rec.status == "FAILED" and rec.exit_code == 1
     assert "trainer failed" in r.err
     assert any("CUDA error" in x for x in status_file(rec.run_id)["failure"]["lines"])
@@ -95,7 +95,7 @@ def test_stop_then_resume_continues_from_the_checkpoint(prm, local_profile, fast
 
 def test_resume_refuses_a_succeeded_run(prm, local_profile, fast_fake):
     assert prm("run", str(local_profile)).code == 0
-    (rec,) = run_index().list()
+    (rec,) = open_index().list()
     r = prm("run", "--resume", rec.run_id)
     assert r.code == 1 and "only FAILED, STOPPED or LOST runs resume" in r.err
 
@@ -110,7 +110,7 @@ def test_killed_runner_is_reported_lost_and_leaves_no_launcher(prm, local_profil
     wait_for(lambda: not Path(f"/proc/{status['runner']['pid']}/cmdline").exists()
              or not Path(f"/proc/{status['runner']['pid']}/cmdline").read_bytes(),
              what="runner gone")
-    (rec,) = LocalBackend(run_index()).refresh([record(run_id)])
+    (rec,) = LocalBackend(open_index()).refresh([record(run_id)])
     assert rec.status == "LOST"
     assert record(run_id).status == "LOST" and status_file(run_id)["status"] == "LOST"
     with pytest.raises(ProcessLookupError):
@@ -130,9 +130,9 @@ def test_eight_concurrent_detached_launches_all_land_in_the_index(local_profile,
         assert p.returncode == 0, err
         ids.append(out.strip())
     assert len(set(ids)) == 8
-    assert {r.run_id for r in run_index().list()} == set(ids)
-    backend = LocalBackend(run_index())
-    wait_for(lambda: all(r.status == "SUCCEEDED" for r in backend.refresh(run_index().list())),
+    assert {r.run_id for r in open_index().list()} == set(ids)
+    backend = LocalBackend(open_index())
+    wait_for(lambda: all(r.status == "SUCCEEDED" for r in backend.refresh(open_index().list())),
              timeout=60, what="all eight runs to finish")
 
 
@@ -148,8 +148,8 @@ def test_ctrl_c_stops_following_and_the_run_goes_on(local_profile, fast_fake, mo
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130
     assert "keeps running" in err and "Traceback" not in err
-    (rec,) = run_index().list()
-    backend = LocalBackend(run_index())
+    (rec,) = open_index().list()
+    backend = LocalBackend(open_index())
     wait_for(lambda: backend.refresh([record(rec.run_id)])[0].status == "SUCCEEDED",
              timeout=30, what="the run to finish without its follower")
 
@@ -165,7 +165,7 @@ def test_plan_needing_more_gpus_than_the_machine_has_launches_nothing(
     r = prm("run", str(local_profile))
     assert r.code == 1
     assert "the plan needs 2 GPUs but this machine has 1" in r.err
-    assert run_index().list() == []
+    assert open_index().list() == []
 
 
 def test_local_backend_without_a_checkout_is_a_clean_error(prm):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import SENTINEL, finished, launched, only_function, wait_for
 
-from primerl_modal.planning import run_index
+from primerl_modal.run_index import open_index
 
 
 def argvs(record: Path) -> list[list[str]]:
@@ -27,7 +27,7 @@ def test_detached_launch_asks_modal_for_the_plan(prm, modal_env):
     assert fn["retries"] == 3
     assert fn["volumes"] == {"/outputs": "prime-rl-outputs", "/cache": "prime-rl-cache"}
     assert sorted(fn["secrets"]) == ["huggingface", "wandb"]
-    rec = run_index().get(run_id)
+    rec = open_index().get(run_id)
     assert rec.app_id in modal_env.apps and rec.call_id in modal_env.calls
     rec = finished(modal_env, run_id)
     assert rec.status == "SUCCEEDED" and rec.step == 8
@@ -108,14 +108,14 @@ def test_stop_ends_the_run_stopped_with_files_committed(prm, modal_env):
     commits_before = len(modal_env.commits)
     r = prm("stop", run_id)
     assert r.code == 0, r.err
-    rec = run_index().get(run_id)
+    rec = open_index().get(run_id)
     assert rec.status == "STOPPED"
     assert len(modal_env.commits) > commits_before
     assert "already STOPPED" in prm("stop", run_id).err
     modal_env.extra_env["FAKE_RL_STEP_SECONDS"] = "0.01"
     r = prm("run", "--resume", run_id)
     assert r.code == 0, r.err
-    assert run_index().get(run_id).status == "SUCCEEDED"
+    assert open_index().get(run_id).status == "SUCCEEDED"
 
 
 def test_missing_secret_names_the_command_that_creates_it(prm, modal_env):
@@ -123,7 +123,7 @@ def test_missing_secret_names_the_command_that_creates_it(prm, modal_env):
     r = prm("run", "reverse-text", "--detach")
     assert r.code == 1
     assert "modal secret create huggingface HF_TOKEN=" in r.err
-    assert run_index().list() == []
+    assert open_index().list() == []
 
 
 def test_env_flag_sends_a_value_for_this_run_only(prm, modal_env, monkeypatch):

@@ -11,7 +11,7 @@ from conftest import launched, wait_for  # noqa: F401
 
 from primerl_modal.core.sweep import SweepSpec, expand, load_sweep_text
 from primerl_modal.errors import PrmError
-from primerl_modal.planning import run_index
+from primerl_modal.run_index import open_index
 from primerl_modal.sweeps import plan_sweep
 
 GRID = """
@@ -98,7 +98,7 @@ def test_dry_run_table_and_json_totals(prm):
 def test_more_than_max_trials_needs_yes(prm):
     r = prm("sweep", "reverse-text", "--grid", "max_steps=" + ",".join(map(str, range(1, 71))))
     assert r.code == 2 and "70 trials, more than --max-trials 64" in r.err and "--yes" in r.err
-    assert run_index().list() == []
+    assert open_index().list() == []
 
 
 @pytest.mark.parametrize(("text", "needle"), [
@@ -143,7 +143,7 @@ max_parallel = 2
 """ + "".join(f"[[trials]]\nmax_steps = {n}\n" for n in (3, 7, 5, 4, 8, 6)))
     r = prm("sweep", str(sweep))
     assert r.code == 0, r.err
-    (sw,) = run_index().sweeps()
+    (sw,) = open_index().sweeps()
     assert sw.max_parallel == 2 and sw.trials == 6
     modal_env.wait_call(sw.call_id, timeout=120)
     intervals = _trial_intervals(modal_env, sw.app_id)
@@ -166,7 +166,7 @@ def test_a_failing_trial_leaves_the_others_running_to_the_end(prm, modal_env, tm
                      + '[[trials]]\nmax_steps = 4\n"env.FAKE_RL_FAIL_AT_STEP" = "2"\n'
                      + "[[trials]]\nmax_steps = 4\n" * 3)
     assert prm("sweep", str(sweep), "--set", "modal.retries=0").code == 0
-    (sw,) = run_index().sweeps()
+    (sw,) = open_index().sweeps()
     modal_env.wait_call(sw.call_id, timeout=120)
     rows = {r["run_id"]: r["status"] for r in prm("ls", "--sweep", sw.sweep_id, "--json").json()}
     assert rows[f"{sw.sweep_id}-2"] == "FAILED"
@@ -179,7 +179,7 @@ def test_stop_sweep_then_resume_relaunches_only_those(prm, modal_env, tmp_path):
     sweep.write_text('name = "st"\nprofile = "reverse-text"\nmethod = "list"\nmax_parallel = 2\n'
                      + "[[trials]]\nmax_steps = 2\n" * 2 + "[[trials]]\nmax_steps = 300\n" * 4)
     assert prm("sweep", str(sweep)).code == 0
-    (sw,) = run_index().sweeps()
+    (sw,) = open_index().sweeps()
 
     def statuses() -> dict[str, str]:
         return {r["run_id"]: r["status"]
@@ -197,7 +197,7 @@ def test_stop_sweep_then_resume_relaunches_only_those(prm, modal_env, tmp_path):
     assert r.code == 0, r.err
     resumed = r.json()
     assert sorted(resumed) == sorted(k for k, v in after.items() if v == "STOPPED")
-    sw = run_index().sweeps()[0]
+    sw = open_index().sweeps()[0]
     modal_env.wait_call(sw.call_id, timeout=120)
     final = statuses()
     assert set(final.values()) == {"SUCCEEDED"}
@@ -214,13 +214,13 @@ def test_local_sweep_with_max_parallel_1_runs_trials_one_after_another(prm, loca
                      '[parameters]\nmax_steps = [3, 4, 5]\n')
     r = prm("sweep", str(sweep))
     assert r.code == 0, r.err
-    (sw,) = run_index().sweeps()
+    (sw,) = open_index().sweeps()
     assert sw.backend == "local" and sw.pid
     wait_for(lambda: all(r["status"] == "SUCCEEDED" for r in
                          prm("ls", "--sweep", sw.sweep_id, "--json").json()),
              timeout=60, what="the three trials")
     spans = []
-    for rec in run_index().list(sweep_id=sw.sweep_id):
+    for rec in open_index().list(sweep_id=sw.sweep_id):
         status = json.loads((Path(rec.meta_dir) / "status.json").read_text())
         (attempt,) = status["attempts"]
         spans.append((attempt["started_at"], attempt["ended_at"]))
@@ -238,7 +238,7 @@ def test_the_sweeps_metric_is_what_every_trial_tracks():
 def test_local_trials_at_once_must_not_share_gpus(prm, local_profile):
     r = prm("sweep", str(local_profile), "--grid", "max_steps=3,4", "--max-parallel", "2")
     assert r.code == 1 and "would share GPUs" in r.err and "--max-parallel 1" in r.err
-    assert run_index().list() == []
+    assert open_index().list() == []
 
 
 def test_resume_refuses_options_it_would_ignore(prm):

@@ -22,7 +22,7 @@ from primerl_modal.core.schema import BACKENDS
 from primerl_modal.errors import ProfileError
 
 if TYPE_CHECKING:
-    from primerl_modal.run_index import RunIndex
+    pass
 
 
 def search_path(cwd: Path | None = None) -> SearchPath:
@@ -67,9 +67,3 @@ def plan_profile(
         pass_env=tuple(pass_env),
     )
     return plan, profile
-
-
-def run_index() -> RunIndex:
-    from primerl_modal.run_index import open_index
-
-    return open_index(paths.prm_home())

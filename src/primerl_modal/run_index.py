@@ -306,5 +306,10 @@ def _record(row: sqlite3.Row) -> RunRecord:
     return RunRecord(*row)  # every query selects COLUMNS, in the dataclass's field order
 
 
-def open_index(home: Path) -> RunIndex:
+def open_index(home: Path | None = None) -> RunIndex:
+    """The index under ``home`` (default: $PRM_HOME)."""
+    if home is None:
+        from primerl_modal import paths
+
+        home = paths.prm_home()
     return RunIndex(home / FILE_NAME)

@@ -11,20 +11,19 @@ from primerl_modal.backends import get_backend
 from primerl_modal.backends.base import Backend
 from primerl_modal.core import status as st
 from primerl_modal.core.plan import Plan
-from primerl_modal.planning import run_index
-from primerl_modal.run_index import RunRecord
+from primerl_modal.run_index import RunRecord, open_index
 from primerl_modal.ui import console
 
 
 def launch_plan(plan: Plan, *, detach: bool, json_out: bool) -> None:
-    index = run_index()
+    index = open_index()
     backend = get_backend(plan.backend, index)
     record = backend.launch(plan)
     _after_launch(backend, record, "launched", detach=detach, json_out=json_out)
 
 
 def resume_run(run: str, *, detach: bool, json_out: bool) -> None:
-    index = run_index()
+    index = open_index()
     record = index.find(run)
     backend = get_backend(record.backend, index)
     record = backend.resume(record)

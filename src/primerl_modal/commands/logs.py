@@ -58,7 +58,7 @@ def logs(
     from primerl_modal.core.durations import parse_duration
     from primerl_modal.core.logs import LogFilter, tail
     from primerl_modal.errors import UsageError
-    from primerl_modal.planning import run_index
+    from primerl_modal.run_index import open_index
 
     try:
         pattern = re.compile(grep) if grep else None
@@ -67,7 +67,7 @@ def logs(
     components = frozenset(c.strip() for c in component.split(",")) if component else None
     cutoff = time.time() - parse_duration(since, what="--since") if since else None
     keep = LogFilter(components, cutoff, pattern, attempt)
-    index = run_index()
+    index = open_index()
     record = index.find(run)
     backend = get_backend(record.backend, index)
     (record,) = backend.refresh([record])

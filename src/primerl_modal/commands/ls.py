@@ -46,7 +46,7 @@ def ls(
     from primerl_modal.core import status as st
     from primerl_modal.core.durations import parse_duration
     from primerl_modal.errors import UsageError
-    from primerl_modal.planning import run_index
+    from primerl_modal.run_index import open_index
     from primerl_modal.ui.runs import run_columns
     from primerl_modal.ui.table import emit
 
@@ -57,7 +57,7 @@ def ls(
         raise UsageError(f"--status {unknown[0]}: no such status",
                          f"statuses: {', '.join(st.ALL)}")
     cutoff = time.time() - parse_duration(since, what="--since") if since else None
-    index = run_index()
+    index = open_index()
     if sweep:
         sweep = index.find_sweep(sweep).sweep_id
     if all_:

@@ -47,12 +47,12 @@ def pull(
     """
     from primerl_modal.backends import get_backend
     from primerl_modal.core.selection import parse_only, select
-    from primerl_modal.planning import run_index
+    from primerl_modal.run_index import open_index
     from primerl_modal.transfer import Outcome, pull_files
     from primerl_modal.ui import console
 
     wanted = parse_only(only)
-    index = run_index()
+    index = open_index()
     record = index.find(run)
     backend = get_backend(record.backend, index)
     target = (dest or Path("outputs") / record.run_id).expanduser()

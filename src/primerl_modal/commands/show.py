@@ -25,12 +25,12 @@ def show(
       prm show math-8x-261129 --json | jq .status.attempts
     """
     from primerl_modal.backends import get_backend
-    from primerl_modal.planning import run_index
+    from primerl_modal.run_index import open_index
     from primerl_modal.runner.state import json_object
     from primerl_modal.ui import console
     from primerl_modal.ui.runs import cost_usd
 
-    index = run_index()
+    index = open_index()
     record = index.find(run)
     backend = get_backend(record.backend, index)
     (record,) = backend.refresh([record])

@@ -33,10 +33,10 @@ def stop(
     """
     from primerl_modal.backends import get_backend
     from primerl_modal.errors import UsageError
-    from primerl_modal.planning import run_index
+    from primerl_modal.run_index import open_index
     from primerl_modal.ui import console
 
-    index = run_index()
+    index = open_index()
     results = []
     if sweep:
         found = index.find_sweep(sweep)

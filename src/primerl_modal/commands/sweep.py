@@ -130,9 +130,9 @@ def start(
             _trial_table(plan)
         return
     from primerl_modal.backends import get_backend
-    from primerl_modal.planning import run_index
+    from primerl_modal.run_index import open_index
 
-    index = run_index()
+    index = open_index()
     record = get_backend(plan.backend, index).launch_sweep(plan, fail_fast=fail_fast)
     if json_out:
         from dataclasses import asdict
@@ -172,10 +172,10 @@ def _trial_table(plan: Any) -> None:
 
 def _resume(sweep_id: str, json_out: bool) -> None:
     from primerl_modal.backends import get_backend
-    from primerl_modal.planning import run_index
+    from primerl_modal.run_index import open_index
     from primerl_modal.ui import console
 
-    index = run_index()
+    index = open_index()
     sweep = index.find_sweep(sweep_id)
     backend = get_backend(sweep.backend, index)
     trials = backend.refresh(index.list(sweep_id=sweep.sweep_id))
@@ -197,11 +197,11 @@ def ls(json_out: JsonOption = False) -> None:
       prm sweep ls
     """
     from primerl_modal.commands.ls import refresh_all
-    from primerl_modal.planning import run_index
+    from primerl_modal.run_index import open_index
     from primerl_modal.ui.runs import cost_usd
     from primerl_modal.ui.table import Column, emit
 
-    index = run_index()
+    index = open_index()
     sweeps = index.sweeps()
     by_sweep = {s.sweep_id: index.list(sweep_id=s.sweep_id) for s in sweeps}
     refresh_all(index, [t for trials in by_sweep.values() for t in trials])  # one batch
@@ -243,12 +243,12 @@ def show(
       prm sweep show lr-sweep-261129
     """
     from primerl_modal.commands.ls import refresh_all
-    from primerl_modal.planning import run_index
+    from primerl_modal.run_index import open_index
     from primerl_modal.ui import console
     from primerl_modal.ui.runs import run_columns
     from primerl_modal.ui.table import emit
 
-    index = run_index()
+    index = open_index()
     sweep = index.find_sweep(sweep_id)
     trials = refresh_all(index, index.list(sweep_id=sweep.sweep_id))
     ranked = rank(trials, sweep.goal)
