@@ -71,7 +71,7 @@ async def pull_files(source: Source, files: Iterable[RemoteFile] | AsyncIterator
             fresh = not os.path.exists(folder)
             os.makedirs(folder, exist_ok=True)
             real = os.path.realpath(folder)
-            known = folders[folder] = (real == root or real.startswith(root + os.sep), fresh)
+            known = folders[folder] = (os.path.commonpath((real, root)) == root, fresh)
         return known
 
     async def one(item: RemoteFile) -> Outcome:

@@ -518,7 +518,8 @@ class ModalSource:
             self._gates = {"rpc_semaphore": asyncio.Semaphore(RPCS_IN_FLIGHT),
                            "download_semaphore": asyncio.Semaphore(BLOCKS_IN_FLIGHT)}
             with modal_errors():
-                self._reader = await open_reader(self._impl, *self._gates.values())
+                self._reader = await open_reader(self._impl, self._gates["rpc_semaphore"],
+                                                 self._gates["download_semaphore"])
             return await main()
 
         return self._synchronizer.create_blocking(with_reader)()
