@@ -24,7 +24,7 @@ import os
 from typing import IO, Any
 
 RPC_TIMEOUT_S = 60.0  # one block-URL call; on expiry the file is read the slow, retrying way
-LARGE_BLOCKS_IN_FLIGHT = 16  # blocks of large files held in memory at once (8 MiB each)
+LARGE_BLOCKS_IN_FLIGHT = 8  # blocks of large files in memory at once (8 MiB each)
 
 
 class CorruptBlock(Exception):
