@@ -44,8 +44,9 @@ class VolumeReader:
         many blocks needs ``out`` to be a real file. Raises on any trouble."""
         request = self._api.VolumeGetFile2Request(volume_id=self._volume.object_id, path=path,
                                                   client_pads_blocks=True)
-        async with self._rpcs, asyncio.timeout(RPC_TIMEOUT_S):
-            response = await self._method(request)
+        async with self._rpcs:  # the time limit counts from the call, not from the queue
+            async with asyncio.timeout(RPC_TIMEOUT_S):
+                response = await self._method(request)
         lengths = self._helpers._expected_block_lengths(response.start, response.len,
                                                         len(response.get_urls))
         if len(lengths) <= 1:
