@@ -265,6 +265,9 @@ class FakeModal:
         """Make the next block reads of a file in a volume fail, one kind per read:
         "503" answers with an error, "corrupt" flips a byte so the digest check fails,
         "slow" answers only after a minute (to catch a pull in the middle)."""
+        unknown = set(kinds) - {"503", "corrupt", "slow"}
+        if unknown:
+            raise ValueError(f"unknown block-read faults: {sorted(unknown)}")
         self.store.add_faults(str((self.volume_path(volume) / path).resolve()), kinds)
 
     def image_commands(self, image_id: str) -> list[str]:
