@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -9,7 +11,8 @@ import sys
 import pytest
 from conftest import finished, launched, wait_for
 
-from primerl_modal.run_index import open_index
+from primerl_modal.backends.volume_reads import open_reader
+from primerl_modal.run_index import RunRecord, open_index
 
 PRM = [sys.executable, "-m", "primerl_modal"]
 
@@ -109,8 +112,6 @@ def test_pull_a_modal_run_byte_for_byte_and_refuse_a_hostile_entry(prm, modal_en
 
 def test_pull_a_run_that_has_no_prm_folder(prm, modal_env, tmp_path):
     """A run dir on the volume without prm's _prm/ files (e.g. copied there by hand)."""
-    from primerl_modal.run_index import RunRecord
-
     volume = modal_env.volume_path("prime-rl-outputs")
     (volume / "bare-1" / "logs").mkdir(parents=True)
     (volume / "bare-1" / "logs" / "x.log").write_text("hi\n")
@@ -126,10 +127,6 @@ def test_pull_gets_past_failed_block_reads_and_never_keeps_a_corrupt_file(prm, m
     """Files take the lean reader; a failed or corrupt block sends the file through modal's
     own reader (with its retries). Files of one block, of two and of none arrive whole; a
     block that stays corrupt fails that file, and only it."""
-    import os
-
-    from primerl_modal.run_index import RunRecord
-
     volume = modal_env.volume_path("prime-rl-outputs")
     data = {"rollouts/step_1/flaky.bin": os.urandom(5000),
             "rollouts/step_1/bad.bin": os.urandom(300),
@@ -164,10 +161,6 @@ def test_pull_gets_past_failed_block_reads_and_never_keeps_a_corrupt_file(prm, m
 
 
 def test_without_the_client_internals_it_needs_the_lean_reader_steps_aside():
-    import asyncio
-
-    from primerl_modal.backends.volume_reads import open_reader
-
     async def attempt() -> object:
         return await open_reader(object(), asyncio.Semaphore(1), asyncio.Semaphore(1))
 
@@ -176,10 +169,6 @@ def test_without_the_client_internals_it_needs_the_lean_reader_steps_aside():
 
 def _slow_run(modal_env, run_id: str) -> dict[str, bytes]:
     """A run on the volume whose last few files (one of them streamed, 2 MiB) hang when read."""
-    import os
-
-    from primerl_modal.run_index import RunRecord
-
     volume = modal_env.volume_path("prime-rl-outputs")
     data = {f"rollouts/step_1/s{i:02d}.jsonl": os.urandom(4096) for i in range(30)}
     data["checkpoints/step_1/weights.bin"] = os.urandom(2 << 20)
