@@ -19,7 +19,6 @@ if they move, `open_reader` answers None and every file goes through modal's rea
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 from typing import IO, Any
 
@@ -28,7 +27,7 @@ LARGE_BLOCKS_IN_FLIGHT = 8  # blocks of large files in memory at once (8 MiB eac
 
 
 class CorruptBlock(Exception):
-    pass
+    """A block longer than the file's layout allows."""
 
 
 class VolumeReader:
@@ -82,7 +81,7 @@ class VolumeReader:
                         raise CorruptBlock(f"a block is longer than the expected {length} bytes")
                     chunks.append(chunk)
             write = asyncio.get_running_loop().run_in_executor(
-                None, _check_and_write, chunks, digest, fd, offset)
+                None, _check_and_write, chunks, h._BlockDigestVerifier(digest), fd, offset)
             try:
                 await asyncio.shield(write)
             except asyncio.CancelledError:
@@ -90,13 +89,12 @@ class VolumeReader:
                 raise
 
 
-def _check_and_write(chunks: list[bytes], digest: bytes | None, fd: int, offset: int) -> None:
-    if digest is not None:
-        sha = hashlib.sha256()
-        for chunk in chunks:
-            sha.update(chunk)
-        if sha.digest() != digest:
-            raise CorruptBlock("a block does not match its sha256")
+def _check_and_write(chunks: list[bytes], verifier: Any, fd: int, offset: int) -> None:
+    """On a worker thread: modal's digest check of the whole block, then its bytes at
+    ``offset`` (hashing releases the GIL, so this runs beside the event loop)."""
+    for chunk in chunks:
+        verifier.update(chunk)
+    verifier.finish()  # raises ExecutionError for a corrupt block
     for chunk in chunks:
         view = memoryview(chunk)
         while view:
@@ -116,7 +114,8 @@ async def open_reader(volume: Any, rpcs: asyncio.Semaphore,
         from modal_proto import api_pb2
 
         for name in ("BLOCK_SIZE", "_expected_block_lengths", "_raise_on_block_response_error",
-                     "_read_block_body", "_block_download_timeout", "_parse_repr_digest"):
+                     "_read_block_body", "_block_download_timeout", "_parse_repr_digest",
+                     "_BlockDigestVerifier"):
             getattr(helpers, name)
         await volume.hydrate()
         wrapper = volume.client._stub.VolumeGetFile2
