@@ -110,13 +110,22 @@ def test_pull_a_modal_run_byte_for_byte_and_refuse_a_hostile_entry(prm, modal_en
     assert "refused: ../../evil" in r.err
 
 
+def _run_dir_only(modal_env, run_id: str, files: dict[str, bytes]) -> dict[str, bytes]:
+    """A finished run whose only files are ``files`` in its run dir on the volume (no _prm/
+    folder, as if copied there by hand), known to the index."""
+    volume = modal_env.volume_path("prime-rl-outputs")
+    for rel, body in files.items():
+        (volume / run_id / rel).parent.mkdir(parents=True, exist_ok=True)
+        (volume / run_id / rel).write_bytes(body)
+    open_index().upsert(RunRecord(run_id, run_id.split("-")[0], "p", "modal", "SUCCEEDED", 1.0,
+                                  1.0, "H100", 2, 1, 1, 1, 1, 3.95, 60, 0, "prime-rl-outputs",
+                                  "", ""))
+    return files
+
+
 def test_pull_a_run_that_has_no_prm_folder(prm, modal_env, tmp_path):
     """A run dir on the volume without prm's _prm/ files (e.g. copied there by hand)."""
-    volume = modal_env.volume_path("prime-rl-outputs")
-    (volume / "bare-1" / "logs").mkdir(parents=True)
-    (volume / "bare-1" / "logs" / "x.log").write_text("hi\n")
-    open_index().upsert(RunRecord("bare-1", "bare", "p", "modal", "SUCCEEDED", 1.0, 1.0, "H100",
-                                 2, 1, 1, 1, 1, 3.95, 60, 0, "prime-rl-outputs", "", ""))
+    _run_dir_only(modal_env, "bare-1", {"logs/x.log": b"hi\n"})
     r = prm("pull", "bare-1", str(tmp_path / "d"))
     assert r.code == 0, r.err
     assert (tmp_path / "d" / "logs" / "x.log").read_text() == "hi\n"
@@ -127,17 +136,12 @@ def test_pull_gets_past_failed_block_reads_and_never_keeps_a_corrupt_file(prm, m
     """Files take the lean reader; a failed or corrupt block sends the file through modal's
     own reader (with its retries). Files of one block, of two and of none arrive whole; a
     block that stays corrupt fails that file, and only it."""
-    volume = modal_env.volume_path("prime-rl-outputs")
-    data = {"rollouts/step_1/flaky.bin": os.urandom(5000),
-            "rollouts/step_1/bad.bin": os.urandom(300),
-            "rollouts/step_1/empty.bin": b"",
-            "checkpoints/step_1/weights.bin": os.urandom((9 << 20) + 123),  # two blocks
-            "logs/run.log": b"line\n" * 1000}
-    for rel, body in data.items():
-        (volume / "faulty-1" / rel).parent.mkdir(parents=True, exist_ok=True)
-        (volume / "faulty-1" / rel).write_bytes(body)
-    open_index().upsert(RunRecord("faulty-1", "faulty", "p", "modal", "SUCCEEDED", 1.0, 1.0,
-                                 "H100", 2, 1, 1, 1, 1, 3.95, 60, 0, "prime-rl-outputs", "", ""))
+    data = _run_dir_only(modal_env, "faulty-1", {
+        "rollouts/step_1/flaky.bin": os.urandom(5000),
+        "rollouts/step_1/bad.bin": os.urandom(300),
+        "rollouts/step_1/empty.bin": b"",
+        "checkpoints/step_1/weights.bin": os.urandom((9 << 20) + 123),  # two blocks
+        "logs/run.log": b"line\n" * 1000})
     modal_env.fault_block_reads("prime-rl-outputs", "faulty-1/rollouts/step_1/flaky.bin",
                                 "503", "corrupt")
     modal_env.fault_block_reads("prime-rl-outputs", "faulty-1/rollouts/step_1/bad.bin",
@@ -169,16 +173,11 @@ def test_without_the_client_internals_it_needs_the_lean_reader_steps_aside():
 
 def _slow_run(modal_env, run_id: str) -> dict[str, bytes]:
     """A run on the volume whose last few files (one of them streamed, 2 MiB) hang when read."""
-    volume = modal_env.volume_path("prime-rl-outputs")
-    data = {f"rollouts/step_1/s{i:02d}.jsonl": os.urandom(4096) for i in range(30)}
-    data["checkpoints/step_1/weights.bin"] = os.urandom(2 << 20)
-    for rel, body in data.items():
-        (volume / run_id / rel).parent.mkdir(parents=True, exist_ok=True)
-        (volume / run_id / rel).write_bytes(body)
+    data = _run_dir_only(modal_env, run_id, {
+        **{f"rollouts/step_1/s{i:02d}.jsonl": os.urandom(4096) for i in range(30)},
+        "checkpoints/step_1/weights.bin": os.urandom(2 << 20)})
     for rel in [*list(data)[:3], "checkpoints/step_1/weights.bin"]:
         modal_env.fault_block_reads("prime-rl-outputs", f"{run_id}/{rel}", "slow")
-    open_index().upsert(RunRecord(run_id, "slow", "p", "modal", "SUCCEEDED", 1.0, 1.0, "H100", 2,
-                                 1, 1, 1, 1, 3.95, 60, 0, "prime-rl-outputs", "", ""))
     return data
 
 
