@@ -28,9 +28,10 @@ from primerl_modal.backends.base import (
     require_resumable,
     resumable_trials,
 )
+from primerl_modal.backends.modal_image import check_local_code, controller_image, to_modal_image
 from primerl_modal.backends.volume_reads import VolumeReader, open_reader
 from primerl_modal.core import status as st
-from primerl_modal.core.image_spec import OVERLAY_DIRS, OVERLAY_IGNORE, ImageSpec, image_spec
+from primerl_modal.core.image_spec import image_spec
 from primerl_modal.core.logs import LogLine, parse_attempt_log, parse_prefixed
 from primerl_modal.core.plan import META_DIR, MODAL_LAYOUT, Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
@@ -87,29 +88,6 @@ def require_token() -> None:
     if not (config.get("token_id") and config.get("token_secret")):
         raise PrmError("no Modal token is configured",
                        "run `modal setup` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)")
-
-
-def to_modal_image(spec: ImageSpec) -> modal.Image:
-    image = modal.Image.from_registry(spec.base, add_python=spec.python).apt_install(*spec.apt)
-    for layer in spec.layers:
-        image = image.run_commands(" && ".join(layer))
-    image = image.env(dict(spec.env)).workdir(spec.workdir)
-    # Attached at container start (copy=False): editing them rebuilds nothing.
-    for local, remote in spec.overlays:
-        image = image.add_local_dir(local, remote, copy=False, ignore=list(OVERLAY_IGNORE))
-    return image.add_local_python_source("primerl_modal", copy=False)
-
-
-def check_local_code(plan: Plan) -> None:
-    """The local-code overlay's folders must exist before anything is sent to Modal."""
-    if not plan.local_code:
-        return
-    missing = [d for d in OVERLAY_DIRS if not (Path(plan.local_code) / d).is_dir()]
-    if missing:
-        raise PrmError(
-            f"local code {plan.local_code} has no {missing[0]}/ folder",
-            "point --local-code at a prime-rl checkout (with src/ and configs/)",
-        )
 
 
 def run_secrets(plan: Plan) -> list[modal.Secret]:
@@ -217,7 +195,7 @@ class ModalBackend:
                 payload.append({"index": index, "run_id": plan.run_id, "function": shapes[key],
                                 "plan": plan.to_json(with_input_texts=True)})
             controller = app.function(
-                name="sweep-controller", image=_controller_image(), timeout=24 * 3600,
+                name="sweep-controller", image=controller_image(), timeout=24 * 3600,
                 retries=modal.Retries(max_retries=3, initial_delay=5.0), cpu=0.25,
                 volumes={"/outputs": self._volume(sweep.outputs)},
             )(modal_remote.run_sweep)
@@ -578,8 +556,3 @@ def _shape(plan: Plan) -> str:
                        plan.gpu.modal_gpu, plan.timeout_s, plan.retries, plan.secrets,
                        plan.pass_env, dict(plan.env), plan.cpu, plan.memory_mb, plan.region,
                        plan.volumes], default=str)
-
-
-def _controller_image() -> modal.Image:
-    return modal.Image.debian_slim(python_version="3.12").add_local_python_source(
-        "primerl_modal", copy=False)
