@@ -116,9 +116,12 @@ def test_failure_records_exit_code_component_and_lines(local_profile, fast_fake,
 def test_failure_with_a_retry_coming_is_recovering(local_profile, fast_fake, monkeypatch):
     monkeypatch.setenv("FAKE_RL_FAIL_AT_STEP", "3")
     plan = make_plan(local_profile)
-    run(plan, lambda: None, RunnerOptions(Path(plan["outputs_root"]), retry_expected=True),
+    run(plan, lambda: None, RunnerOptions(Path(plan["outputs_root"]), retries=1),
         io.StringIO())
-    assert status_of(plan)["status"] == "RECOVERING"
+    status = status_of(plan)
+    assert status["status"] == "RECOVERING"
+    assert status["attempts"][-1]["failure"] is True
+    assert "retrying (1 left)" in status["history"][-1]["note"]
 
 
 def _sigterm_mid_run(plan: dict[str, Any], tmp_path: Path, *args: str) -> subprocess.Popen[str]:
@@ -149,7 +152,9 @@ def test_sigterm_stops_then_a_second_attempt_resumes(local_profile, fast_fake, t
     assert status["status"] == "SUCCEEDED" and status["attempt"] == 2
     assert [a["resumed"] for a in status["attempts"]] == [False, True]
     first, second = calls(fast_fake)
-    assert "--resume" not in first and "--resume" in second
+    assert not any(a.startswith("--resume") for a in first)
+    assert second[-2:] == ["--resume.step", str(stopped_at)]  # the newest complete one
+    assert status["attempts"][1]["resumed_from"] == stopped_at
     assert all("--clean" not in argv for argv in calls(fast_fake))
     assert f"Resuming from checkpoint step {stopped_at}" in out
     steps = [json.loads(x)["step"] for x in (Path(plan["run_dir"]) / "metrics.jsonl").open()]
@@ -157,14 +162,6 @@ def test_sigterm_stops_then_a_second_attempt_resumes(local_profile, fast_fake, t
     logs = Path(plan["meta_dir"]) / "logs"
     assert (logs / "attempt_1.log").exists() and (logs / "attempt_2.log").exists()
     assert "attempt_1" not in (logs / "attempt_2.log").read_text()  # each attempt, its lines
-
-
-def test_sigterm_with_retry_expected_is_recovering(local_profile, fast_fake, tmp_path,
-                                                   monkeypatch):
-    monkeypatch.setenv("FAKE_RL_STEP_SECONDS", "0.15")
-    plan = make_plan(local_profile, parse_set("max_steps=30"))
-    _sigterm_mid_run(plan, tmp_path, "--retry-expected")
-    assert status_of(plan)["status"] == "RECOVERING"
 
 
 def test_launcher_ignoring_sigterm_is_killed_after_the_grace(local_profile, fast_fake,

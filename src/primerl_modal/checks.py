@@ -316,7 +316,7 @@ async def _remote(targets: Targets, results: dict[str, Check], server: str) -> N
     import modal
     import modal.exception
 
-    from primerl_modal.backends.modal_backend import SECRET_KEYS
+    from primerl_modal.backends.modal_client import SECRET_KEYS
 
     reach = "modal server"
     started = time.monotonic()

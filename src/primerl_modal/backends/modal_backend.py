@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ import modal
 import modal.exception
 from modal.types import FileEntryType
 
+from primerl_modal import interrupts
 from primerl_modal.backends import modal_remote
 from primerl_modal.backends.base import (
     apply_status,
@@ -28,6 +30,7 @@ from primerl_modal.backends.base import (
     require_resumable,
     resumable_trials,
 )
+from primerl_modal.backends.modal_client import MISSING, connect, modal_errors, volume
 from primerl_modal.backends.modal_image import check_local_code, controller_image, to_modal_image
 from primerl_modal.backends.volume_reads import VolumeReader, open_reader
 from primerl_modal.core import status as st
@@ -39,55 +42,16 @@ from primerl_modal.core.run_id import trial_index
 from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunIndex, RunRecord, SweepRecord
-from primerl_modal.runner.state import STOP_MARKER, json_object
+from primerl_modal.runner.state import STOP_MARKER, json_object, record_status
 from primerl_modal.sweeps import SweepPlan, sweep_record
 from primerl_modal.transfer import Source
+from primerl_modal.ui import console
 
 T = TypeVar("T")
 RPCS_IN_FLIGHT = 64  # block-URL requests at once: more only queues on Modal's side
 BLOCKS_IN_FLIGHT = 128
-# A missing volume path: the client raises the builtin for it, the server NotFoundError.
-MISSING = (FileNotFoundError, modal.exception.NotFoundError)
-SECRET_KEYS = {"wandb": "WANDB_API_KEY", "huggingface": "HF_TOKEN"}
-STOP_WAIT_S = 60.0
+STOP_WAIT_S = 45.0  # the runner's grace (20 s) and its last commit, with room to spare
 _POLL_S = 2.0
-
-
-@contextlib.contextmanager
-def modal_errors() -> Iterator[None]:
-    """Modal's exceptions as one-line PrmErrors with the fix."""
-    try:
-        yield
-    except modal.exception.AuthError as e:
-        raise PrmError(f"Modal refused the token ({e})",
-                       "run `modal setup` to log in again") from None
-    except modal.exception.NotFoundError as e:
-        text = str(e)
-        secret = next((name for name in _quoted(text)), None)
-        if "Secret" in text and secret:
-            key = SECRET_KEYS.get(secret, "KEY")
-            raise PrmError(
-                f"Modal secret {secret!r} does not exist",
-                f"create it with `modal secret create {secret} {key}=...`, or remove it from "
-                "[modal] secrets",
-            ) from None
-        raise PrmError(f"Modal: {text}") from None
-    except modal.exception.Error as e:
-        raise PrmError(f"Modal: {type(e).__name__}: {e}") from None
-
-
-def _quoted(text: str) -> list[str]:
-    parts = text.split("'")
-    return [parts[i] for i in range(1, len(parts), 2)]
-
-
-def require_token() -> None:
-    """Fail at once, without touching the network, when no Modal token is configured."""
-    from modal.config import config
-
-    if not (config.get("token_id") and config.get("token_secret")):
-        raise PrmError("no Modal token is configured",
-                       "run `modal setup` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)")
 
 
 def run_secrets(plan: Plan) -> list[modal.Secret]:
@@ -116,7 +80,7 @@ class ModalBackend:
         return MODAL_LAYOUT
 
     def _volume(self, name: str) -> modal.Volume:
-        return modal.Volume.from_name(name, create_if_missing=True, version=2)
+        return volume(name)
 
     def define(self, plan: Plan, sweep_id: str | None = None) -> tuple[modal.App, Any]:
         """The app and function of one run (defining them makes no network call)."""
@@ -132,7 +96,7 @@ class ModalBackend:
             timeout=plan.timeout_s, retries=retries,
             volumes={
                 "/outputs": self._volume(plan.volumes["/outputs"]),
-                "/cache": modal.Volume.from_name(plan.volumes["/cache"], create_if_missing=True),
+                "/cache": self._volume(plan.volumes["/cache"]),
             },
             secrets=run_secrets(plan), env=dict(plan.env) or None, cpu=plan.cpu,
             memory=plan.memory_mb, region=plan.region, max_containers=max_containers,
@@ -162,7 +126,7 @@ class ModalBackend:
         next attempt resumes from its latest checkpoint."""
         again = resumable_trials(sweep, trials)
         plans = [(trial_index(t.run_id), self._stored_plan(t)) for t in again]
-        require_token()
+        connect()
         with modal_errors():
             volume = self._volume(sweep.outputs)
             for path in [f"{META_DIR}/sweeps/{sweep.sweep_id}/{STOP_MARKER}",
@@ -179,7 +143,7 @@ class ModalBackend:
 
     def _start_sweep(self, sweep: SweepRecord, plans: list[tuple[int, Plan]],
                      extra: dict[str, bytes]) -> tuple[str, str]:
-        require_token()
+        connect()
         with modal_errors():
             app = modal.App(sweep.sweep_id, tags={"prm-sweep": sweep.sweep_id})
             shapes: dict[str, str] = {}
@@ -213,7 +177,7 @@ class ModalBackend:
     def stop_sweep(self, sweep: SweepRecord, trials: list[RunRecord]) -> list[str]:
         """Mark the sweep stopped (its controller starts nothing more and records queued
         trials STOPPED), then stop every trial that runs."""
-        require_token()
+        connect()
         self.refresh(trials)
         with modal_errors():
             marks = {f"{META_DIR}/sweeps/{sweep.sweep_id}/{STOP_MARKER}": b"stop"}
@@ -221,16 +185,7 @@ class ModalBackend:
                       if not st.is_final(t.status)}
             self._upload_paths(sweep.outputs, marks)
             self._fill_call_ids(trials)
-            for t in trials:
-                if t.call_id and not st.is_final(t.status):
-                    with contextlib.suppress(modal.exception.Error):
-                        modal.FunctionCall.from_id(t.call_id).cancel(terminate_containers=True)
-            deadline = time.monotonic() + STOP_WAIT_S
-            while time.monotonic() < deadline:
-                self.refresh(trials)
-                if all(st.is_final(t.status) for t in trials):
-                    break
-                time.sleep(_POLL_S / 4)
+            self._stop_calls([t for t in trials if not st.is_final(t.status)])
         return [f"{t.run_id} {t.status}" for t in trials]
 
     def _fill_call_ids(self, records: list[RunRecord]) -> None:
@@ -255,21 +210,31 @@ class ModalBackend:
             return None
 
     def launch(self, plan: Plan, *, sweep_id: str | None = None) -> RunRecord:
-        require_token()
+        connect()
         check_local_code(plan)
+        plan_json = plan.to_json(with_input_texts=True)
+        with contextlib.ExitStack() as hold:
+            app_id, call_id = self._start(plan, sweep_id, hold)
+            with modal_errors():  # only a launched run leaves its plan (`ls --all`, resume)
+                self._upload(plan.volumes["/outputs"],
+                             {"plan.json": json.dumps(plan_json, indent=1).encode()},
+                             plan.run_id)
+            record = new_record(plan, plan.volumes["/outputs"], sweep_id)
+            record.app_id, record.call_id = app_id, call_id
+            self.index.upsert(record)
+        return record
+
+    def _start(self, plan: Plan, sweep_id: str | None,
+               hold: contextlib.ExitStack) -> tuple[str, str]:
+        """Build the image if Modal does not have it (Modal's own output, on stderr) and
+        start the run's call. From the moment the call exists, Ctrl-C is held until the
+        caller's ``hold`` ends, so a started run is always recorded."""
         with modal_errors():
             app, function = self.define(plan, sweep_id)
-            plan_json = plan.to_json(with_input_texts=True)
-            with app.run(name=plan.run_id, detach=True):
-                call = function.spawn(plan_json)
-                app_id, call_id = app.app_id, call.object_id
-            # Only a launched run leaves its plan on the volume (`prm ls --all`, resume).
-            self._upload(plan.volumes["/outputs"],
-                         {"plan.json": json.dumps(plan_json, indent=1).encode()}, plan.run_id)
-        record = new_record(plan, plan.volumes["/outputs"], sweep_id)
-        record.app_id, record.call_id = app_id, call_id
-        self.index.upsert(record)
-        return record
+            with modal_output(plan), app.run(name=plan.run_id, detach=True):
+                call = function.spawn(plan.to_json(with_input_texts=True))
+                hold.enter_context(interrupts.held())
+                return str(app.app_id), str(call.object_id)
 
     def _upload(self, volume: str, files: dict[str, bytes], run_id: str) -> None:
         self._upload_paths(volume, {f"{META_DIR}/{run_id}/{k}": v for k, v in files.items()})
@@ -289,7 +254,7 @@ class ModalBackend:
         pending = [r for r in records if not st.is_final(r.status)]
         if not pending:
             return records
-        require_token()
+        connect()
         with modal_errors():
             self._fill_call_ids(pending)
             live = self._live_apps()
@@ -315,35 +280,56 @@ class ModalBackend:
         with modal_errors():
             self._upload(record.outputs, {STOP_MARKER: str(time.time()).encode()},
                          record.run_id)
-            if record.call_id:
-                modal.FunctionCall.from_id(record.call_id).cancel(terminate_containers=True)
-            deadline = time.monotonic() + STOP_WAIT_S
-            while time.monotonic() < deadline:
-                status = self.read_status(record) or {}
-                if st.is_final(status.get("status", "")):
-                    break
-                time.sleep(_POLL_S / 4)
+            self._stop_calls([record])
             if record.app_id:  # the run is over: let its app go too
                 with contextlib.suppress(modal.exception.Error):
                     modal.App.lookup(record.app_id).stop()
-            self._refresh_one(record, app_alive=False)
         return f"{record.run_id} {record.status}"
+
+    def _stop_calls(self, records: list[RunRecord]) -> None:
+        """Cancel each run's call: Modal raises InputCancellation in the runner, which stops
+        prime-rl within its grace, records STOPPED and commits. A run whose runner has not
+        recorded it by the deadline (its container gone, or between two attempts) has its
+        container terminated and STOPPED written for it here."""
+        calls = {r.run_id: modal.FunctionCall.from_id(r.call_id) for r in records if r.call_id}
+        for call in calls.values():
+            with contextlib.suppress(modal.exception.Error):
+                call.cancel()
+        waiting = list(records)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while waiting and time.monotonic() < deadline:
+            time.sleep(_POLL_S / 4)
+            for r in list(waiting):
+                status = self.read_status(r) or {}
+                idle = status.get("status") != st.RUNNING and _done(calls.get(r.run_id))
+                if st.is_final(status.get("status", "")) or idle:
+                    waiting.remove(r)
+        for r in records:
+            status = self.read_status(r) or {}
+            if not st.is_final(status.get("status", "")):
+                if r.run_id in calls:
+                    with contextlib.suppress(modal.exception.Error):
+                        calls[r.run_id].cancel(terminate_containers=True)
+                record_status(status or {"run_id": r.run_id}, st.STOPPED,
+                              "stopped by prm stop (the runner did not record it; its "
+                              "container was terminated)")
+                self._upload(r.outputs, {"status.json": json.dumps(status, indent=1).encode()},
+                             r.run_id)
+            self._refresh_one(r, app_alive=False)
 
     def resume(self, record: RunRecord) -> RunRecord:
         self.refresh([record])
         require_resumable(record)
         plan = self._stored_plan(record)
-        require_token()
+        connect()
         with modal_errors():
             volume = self._volume(record.outputs)
             with contextlib.suppress(*MISSING):
                 volume.remove_file(f"{META_DIR}/{record.run_id}/{STOP_MARKER}")
-            app, function = self.define(plan, record.sweep_id)
-            with app.run(name=plan.run_id, detach=True):
-                call = function.spawn(plan.to_json(with_input_texts=True))
-                record.app_id, record.call_id = app.app_id, call.object_id
-        record.status, record.ended_at, record.note = st.PENDING, None, "resume requested"
-        self.index.upsert(record)
+        with contextlib.ExitStack() as hold:
+            record.app_id, record.call_id = self._start(plan, record.sweep_id, hold)
+            record.status, record.ended_at, record.note = st.PENDING, None, "resume requested"
+            self.index.upsert(record)
         return record
 
     def _stored_plan(self, record: RunRecord) -> Plan:
@@ -362,12 +348,12 @@ class ModalBackend:
         return plan_from_json(plan)
 
     def read_meta(self, record: RunRecord, name: str) -> bytes | None:
-        require_token()
+        connect()
         with modal_errors():
             return self._read(record.outputs, f"{META_DIR}/{record.run_id}/{name}")
 
     def stored_logs(self, record: RunRecord) -> Iterator[LogLine]:
-        require_token()
+        connect()
         with modal_errors():
             volume = self._volume(record.outputs)
             try:
@@ -387,7 +373,7 @@ class ModalBackend:
         attempt n (already shown from the volume) are skipped."""
         if not record.call_id:
             return
-        require_token()
+        connect()
         seen = seen or {}
         attempt, index = max(record.attempts, 1), 0
         with modal_errors():
@@ -415,7 +401,7 @@ class ModalBackend:
         return names | {r.outputs for r in self.index.list() if r.backend == self.name}
 
     def discover(self, known: set[str]) -> list[RunRecord]:
-        require_token()
+        connect()
         found = []
         with modal_errors():
             for name in sorted(self._outputs_volumes()):
@@ -443,13 +429,13 @@ class ModalBackend:
                                                                  ModalSource]:
         """The run's files as the listing arrives (run on the source's loop), so the first
         downloads start before the listing ends, as `modal volume get` does."""
-        require_token()
+        connect()
         source = ModalSource(self._volume(record.outputs))
         roots = ((record.run_id, ""), (f"{META_DIR}/{record.run_id}", "_prm/"))
         return source.listing(roots, keep), source
 
     def files(self, record: RunRecord) -> tuple[list[RemoteFile], Source]:
-        require_token()
+        connect()
         volume = self._volume(record.outputs)
         items = []
         with modal_errors():
@@ -547,6 +533,30 @@ _BLANK: dict[str, Any] = {
     "dp": 0, "usd_per_gpu_hour": 0.0, "timeout_s": 0, "retries": 0, "meta_dir": "",
     "run_dir": "",
 }
+
+
+@contextlib.contextmanager
+def modal_output(plan: Plan) -> Iterator[None]:
+    """Modal's own progress (objects, the image build and its log lines) on stderr, where
+    prm's progress goes: stdout stays for data."""
+    console.err().print(f"image: prime-rl {plan.ref[:12]}; the first launch of an image "
+                        "builds it (several minutes, shown below), later launches reuse it",
+                        highlight=False)
+    with contextlib.redirect_stdout(sys.stderr), modal.enable_output():
+        yield
+
+
+def _done(call: modal.FunctionCall | None) -> bool:
+    """Whether a call has ended (whatever its result); no call counts as ended."""
+    if call is None:
+        return True
+    try:
+        call.get(timeout=0)
+    except TimeoutError:
+        return False
+    except (Exception, modal.exception.InputCancellation):
+        pass
+    return True
 
 
 def _shape(plan: Plan) -> str:

@@ -10,11 +10,20 @@ from pathlib import Path
 from typing import Any
 
 OUTPUTS_MOUNT = "/outputs"
+OPEN_FILES = 32000  # prime-rl's Dockerfile entrypoint: `ulimit -n 32000`
+# The launcher's grace after a stop or preemption: inside Modal's ~30 s, with time left to
+# record the end and commit.
+GRACE_S = 20.0
 
 
 def run_remote(plan: dict[str, Any]) -> int:
-    """Run the next attempt of ``plan``. Raises when the attempt failed and Modal should
-    retry it (a new attempt resumes from the latest checkpoint)."""
+    """Run the next attempt of ``plan`` in this container.
+
+    How it ends tells Modal what to do next: returning ends the call (the run reached a final
+    status); an exception makes Modal retry the input (a failure with retries left, counted
+    by Modal as by the runner); KeyboardInterrupt after a preemption reports nothing, so the
+    input is restarted by Modal's preemption handling without spending a retry.
+    """
     import modal
 
     from primerl_modal.core import status as st
@@ -22,15 +31,14 @@ def run_remote(plan: dict[str, Any]) -> int:
     from primerl_modal.runner.core import RunnerOptions, run
     from primerl_modal.runner.state import STOP_MARKER, RunState
 
+    raise_open_files_limit()
     # PRM_OUTPUTS_DIR / PRM_WORKDIR / PRM_LAUNCHER exist for tests against a fake Modal.
     outputs = Path(os.environ.get("PRM_OUTPUTS_DIR", OUTPUTS_MOUNT))
     volume = modal.Volume.from_name(plan["volumes"][OUTPUTS_MOUNT])
     run_id = plan["run_id"]
-    state = RunState.load(outputs / META_DIR / run_id, run_id)
-    failures = sum(1 for a in state.data.get("attempts", []) if a.get("outcome") != st.SUCCEEDED)
 
     def stop_requested(_meta: Path) -> bool:
-        # The mount only shows what this container wrote; ask the volume itself.
+        # This container's mount shows others' writes only after a reload: ask the volume.
         try:
             for _ in volume.read_file(f"{META_DIR}/{run_id}/{STOP_MARKER}"):
                 pass
@@ -45,14 +53,36 @@ def run_remote(plan: dict[str, Any]) -> int:
         outputs_root=outputs,
         workdir=Path(os.environ["PRM_WORKDIR"]) if os.environ.get("PRM_WORKDIR") else None,
         launcher=tuple(json.loads(launcher)) if launcher else None,
-        retry_expected=failures < int(plan.get("retries", 0)),
+        grace=GRACE_S,
+        retries=int(plan.get("retries", 0)),
+        call_id=modal.current_function_call_id(),
+        preemptible=True,
+        time_limit_s=float(plan["timeout_s"]) if plan.get("timeout_s") else None,
         stop_requested=stop_requested,
     )
     code = run(plan, volume.commit, options)
-    final = RunState.load(outputs / META_DIR / run_id, run_id).status
-    if final == st.RECOVERING:
+    state = RunState.load(outputs / META_DIR / run_id, run_id)
+    if state.status == st.RECOVERING:
+        if state.data["attempts"][-1].get("preempted"):
+            raise KeyboardInterrupt(f"{run_id}: preempted; Modal restarts this input")
         raise RuntimeError(f"{run_id}: attempt ended with exit code {code}; Modal retries it")
     return code
+
+
+def raise_open_files_limit(want: int = OPEN_FILES) -> None:
+    """vLLM engines and env servers open many sockets: prime-rl's own image raises the
+    limit at start (its entrypoint's `ulimit -n`), and so does prm's runner."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= want:
+        return
+    for limits in ((want, max(hard, want)), (min(want, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+            return
+        except (ValueError, OSError):
+            continue
 
 
 def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
@@ -116,7 +146,8 @@ def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
         (outputs / META_DIR / t.run_id).mkdir(parents=True, exist_ok=True)
         (outputs / META_DIR / t.run_id / STOP_MARKER).write_text("sweep")
         volume.commit()
-        modal.FunctionCall.from_id(t.handle or "").cancel(terminate_containers=True)
+        # InputCancellation in the trial's runner: it stops prime-rl and records STOPPED
+        modal.FunctionCall.from_id(t.handle or "").cancel()
 
     def mark_stopped(t: TrialState) -> None:
         state = RunState.load(outputs / META_DIR / t.run_id, t.run_id)

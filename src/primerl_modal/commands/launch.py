@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
+from typing import NoReturn
 
 import typer
 
@@ -11,22 +12,44 @@ from primerl_modal.backends import get_backend
 from primerl_modal.backends.base import Backend
 from primerl_modal.core import status as st
 from primerl_modal.core.plan import Plan
-from primerl_modal.run_index import RunRecord, open_index
+from primerl_modal.run_index import RunIndex, RunRecord, open_index
 from primerl_modal.ui import console
 
 
 def launch_plan(plan: Plan, *, detach: bool, json_out: bool) -> None:
     index = open_index()
     backend = get_backend(plan.backend, index)
-    record = backend.launch(plan)
+    try:
+        record = backend.launch(plan)
+    except KeyboardInterrupt:
+        _interrupted(index, plan.run_id)
     _after_launch(backend, record, "launched", detach=detach, json_out=json_out)
+
+
+def _interrupted(index: RunIndex, run_id: str) -> NoReturn:
+    """Ctrl-C while launching: say whether the run exists (the launch holds Ctrl-C from
+    the moment its call is started until the run is recorded)."""
+    if index.get(run_id) is None:
+        console.err().print("interrupted: nothing was launched")
+    else:
+        console.err().print(f"interrupted: {run_id} was launched and keeps running; "
+                            f"`prm stop {run_id}` stops it", highlight=False)
+    raise typer.Exit(130)
 
 
 def resume_run(run: str, *, detach: bool, json_out: bool) -> None:
     index = open_index()
     record = index.find(run)
     backend = get_backend(record.backend, index)
-    record = backend.resume(record)
+    before = record.call_id
+    try:
+        record = backend.resume(record)
+    except KeyboardInterrupt:
+        again = index.get(record.run_id)
+        relaunched = again is not None and again.call_id != before
+        console.err().print(f"interrupted: {record.run_id} " + (
+            "was relaunched and keeps running" if relaunched else "was not relaunched"))
+        raise typer.Exit(130) from None
     _after_launch(backend, record, "resuming", detach=detach, json_out=json_out)
 
 

@@ -1,4 +1,5 @@
-"""The GPU catalogue: what Modal offers, how many fit in one container, what they cost."""
+"""The GPU catalogue: what Modal offers, how many fit in one container, what they cost, and
+the CPU and memory a node reserves beside its GPUs."""
 
 from __future__ import annotations
 
@@ -32,9 +33,33 @@ _BUILTIN = (
 )
 
 
+# Modal's per-second rates for CPU (per physical core) and memory (per GiB), as per hour
+# (modal.com/pricing: $0.0000131/core/s, $0.00000222/GiB/s). Override as CPU = ... and
+# memory = ... in $PRM_HOME/prices.toml.
+USD_PER_CORE_HOUR = 0.04716
+USD_PER_GIB_HOUR = 0.007992
+
+# What a Modal run reserves per GPU unless [modal] cpu / memory say otherwise. Modal's own
+# default (0.125 core, 128 MiB per container) starves a node running vLLM engines, torchrun
+# ranks, the orchestrator and env servers. Modal publishes no per-GPU maximum (requests over
+# it fail at function creation), so these stay well inside the smallest hosts a 2..8 GPU
+# container lands on (e.g. 8 x A100 hosts with 48 physical cores): usage above the
+# reservation is still allowed and billed, the reservation only guarantees it.
+CPU_CORES_PER_GPU = 4.0
+MEMORY_GIB_PER_GPU = 16
+_RESOURCE_PRICES = {"CPU": "usd_per_core_hour", "MEMORY": "usd_per_gib_hour"}
+
+
+def default_resources(gpu_count: int) -> tuple[float, int]:
+    """CPU cores and memory (MiB) a node of ``gpu_count`` GPUs reserves by default."""
+    return CPU_CORES_PER_GPU * gpu_count, MEMORY_GIB_PER_GPU * 1024 * gpu_count
+
+
 @dataclass(frozen=True)
 class Catalogue:
     types: tuple[GpuType, ...]
+    usd_per_core_hour: float = USD_PER_CORE_HOUR
+    usd_per_gib_hour: float = USD_PER_GIB_HOUR
     _by_name: dict[str, GpuType] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -65,21 +90,26 @@ class Catalogue:
 
 
 def catalogue(price_overrides: Mapping[str, float] | None = None) -> Catalogue:
-    """The built-in catalogue with prices replaced from ``price_overrides`` (GPU name -> USD/h).
+    """The built-in catalogue with prices replaced from ``price_overrides``: GPU name -> USD
+    per GPU-hour, ``CPU`` -> USD per core-hour, ``memory`` -> USD per GiB-hour.
 
     Raises PrmError for an unknown GPU name or a price that is not a positive number.
     """
     base = Catalogue(_BUILTIN)
     if not price_overrides:
         return base
-    prices = {}
+    prices: dict[str, float] = {}
+    rates: dict[str, float] = {}
     for name, price in price_overrides.items():
-        gpu = base.get(name)
         if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
             raise PrmError(
                 f"prices.toml: price for {name} must be a non-negative number, got {price!r}"
             )
-        prices[gpu.name] = float(price)
-    return Catalogue(
-        tuple(replace(t, usd_per_hour=prices.get(t.name, t.usd_per_hour)) for t in base.types)
-    )
+        field_name = _RESOURCE_PRICES.get(name.strip().upper())
+        if field_name:
+            rates[field_name] = float(price)
+        else:
+            prices[base.get(name).name] = float(price)
+    types = tuple(replace(t, usd_per_hour=prices.get(t.name, t.usd_per_hour))
+                  for t in base.types)
+    return Catalogue(types, **rates)

@@ -49,7 +49,8 @@ def parse_stored(raw: str, attempt: int) -> LogLine:
 
 
 def parse_attempt_log(text: str, attempt: int) -> Iterator[LogLine]:
-    for raw in text.splitlines():
+    # Lines end at "\n" only: a "\r" written by an older runner stays inside its line.
+    for raw in text.split("\n"):
         if raw:
             yield parse_stored(raw, attempt)
 

@@ -16,6 +16,9 @@ PRIME_RL_REF = "559b44772e471d1538537b8805cc77f3824a5e64"
 DIALECTS = ("current", "2025-10")
 BACKENDS = ("modal", "local")
 BASE_IMAGE = "nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04"
+# An exact uv, so an image build is repeatable; prime-rl's [tool.uv] required-version at the
+# default ref is ">=0.11.1".
+UV_VERSION = "0.13.9"
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,11 @@ KEYS: tuple[Key, ...] = (
     Key("prime_rl", "inference_config", "str", None, "Inference TOML (2025-10 dialect)."),
     Key("prime_rl", "local_code", "str", None,
         "Local prime-rl checkout whose src/ and configs/ overlay the pinned ref."),
+    Key("prime_rl", "image", "str", None,
+        "Prebuilt prime-rl image to run instead of building one (Modal), e.g. "
+        "ghcr.io/primeintellect-ai/prime-rl:commit-<sha>-amd64."),
+    Key("prime_rl", "uv_version", "str", UV_VERSION,
+        "Exact uv the built image installs; the ref's required-version must accept it."),
     Key("prime_rl", "ckpt_interval", "int", None,
         "Checkpoint every N steps (--ckpt.interval); needed to resume after preemption."),
     Key("gpu", "type", "str", "H100", "GPU type: A100-40GB, A100-80GB, H100, H200, B200, ..."),
@@ -60,8 +68,9 @@ KEYS: tuple[Key, ...] = (
     Key("modal", "cache_volume", "str", "prime-rl-cache", "Volume mounted at /cache (HF_HOME)."),
     Key("modal", "secrets", "str_list", ["wandb", "huggingface"], "Modal secret names to attach."),
     Key("modal", "region", "str", None, "Modal region, e.g. us-east."),
-    Key("modal", "cpu", "float", None, "CPU cores to reserve."),
-    Key("modal", "memory", "int", None, "Memory to reserve, MiB."),
+    Key("modal", "cpu", "float", None,
+        "Physical CPU cores to reserve (default: 4 per GPU)."),
+    Key("modal", "memory", "int", None, "Memory to reserve, MiB (default: 16 GiB per GPU)."),
     Key("modal", "base_image", "str", BASE_IMAGE, "CUDA devel base image."),
     Key("wandb", "project", "str", "prime-rl", "W&B project; the run name is the run id."),
     Key("wandb", "entity", "str", None, "W&B entity (team or user)."),

@@ -22,7 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launcher", help="JSON list replacing the plan's launcher prefix")
     parser.add_argument("--commit-every", type=float, default=30.0)
     parser.add_argument("--grace", type=float, default=25.0)
-    parser.add_argument("--retry-expected", action="store_true")
     args = parser.parse_args(argv)
     options = RunnerOptions(
         outputs_root=args.outputs_root.resolve(),
@@ -30,7 +29,6 @@ def main(argv: list[str] | None = None) -> int:
         launcher=tuple(json.loads(args.launcher)) if args.launcher else None,
         commit_every=args.commit_every,
         grace=args.grace,
-        retry_expected=args.retry_expected,
     )
     return run(load_plan(args.plan), lambda: None, options)
 

@@ -19,13 +19,19 @@ from typing import Any, TextIO
 
 from primerl_modal.core import status as st
 from primerl_modal.core.plan import META_DIR
+from primerl_modal.runner.checkpoints import resume_from
 from primerl_modal.runner.forward import LogTailer, Sink, pump_pipe
-from primerl_modal.runner.progress import Progress, latest_checkpoint, max_steps_from_argv
+from primerl_modal.runner.progress import Progress, max_steps_from_argv
 from primerl_modal.runner.state import RunState, read_json, stop_requested, write_json_atomic
 
 FAILURE_LINES = 20
 _HEARTBEAT_S = 5.0
 _SAVE_EVERY_S = 1.0
+_STOP_POLL_S = 10.0
+# What is left of the attempt's time limit when the runner ends the attempt itself: the
+# launcher's grace plus a commit, so a timeout is a recorded failure, not a kill.
+_TIME_LIMIT_MARGIN_S = 15.0
+CANCEL_SIGNAL = signal.SIGUSR1  # Modal's input cancellation for a synchronous function
 
 
 @dataclass(frozen=True)
@@ -35,8 +41,15 @@ class RunnerOptions:
     launcher: tuple[str, ...] | None = None  # replaces the plan's launcher prefix
     commit_every: float = 30.0
     grace: float = 25.0
-    retry_expected: bool = False  # a failed or interrupted attempt will be retried
     poll: float = 0.25
+    # Failure retries the platform grants this call, and the call itself: the budget is
+    # counted from the run's own attempt records, so it survives hard kills.
+    retries: int = 0
+    call_id: str | None = None
+    # A platform SIGINT/SIGTERM is a preemption that the platform restarts (Modal), rather
+    # than an end (a local kill).
+    preemptible: bool = False
+    time_limit_s: float | None = None  # the platform's limit for this attempt
     # Whether `prm stop` asked for this stop (else a signal means preemption or shutdown).
     stop_requested: Callable[[Path], bool] = stop_requested
 
@@ -46,19 +59,11 @@ def has_artifacts(run_dir: Path) -> bool:
     return run_dir.is_dir() and any(p.name != "configs" for p in run_dir.iterdir())
 
 
-def resume_args(dialect: str, run_dir: Path) -> list[str]:
-    """How this dialect continues from its latest checkpoint (never --clean)."""
-    if dialect == "current":
-        return ["--resume"]
-    step = latest_checkpoint(run_dir)
-    return ["--ckpt.resume-step", str(step)] if step is not None else []
-
-
 class Runner:
     def __init__(self, plan: dict[str, Any], commit: Callable[[], None],
                  options: RunnerOptions, out: TextIO) -> None:
         self.plan = plan
-        self.commit = commit
+        self._commit = commit
         self.options = options
         self.out = out
         self.run_id: str = plan["run_id"]
@@ -68,7 +73,10 @@ class Runner:
         self.state = RunState.load(self.meta_dir, self.run_id)
         self.signal: int | None = None
         self.signal_at = 0.0
+        self.reason: str | None = None  # why the runner itself ended the launcher
         self.proc: subprocess.Popen[bytes] | None = None
+        self.sink: Sink | None = None
+        self.started = time.monotonic()
 
     def remap(self, value: str) -> str:
         """Paths under the plan's outputs root, moved to where that root really is."""
@@ -76,6 +84,20 @@ class Runner:
         if value == logical or value.startswith(logical + "/"):
             return str(self.options.outputs_root) + value[len(logical):]
         return value
+
+    def commit(self) -> None:
+        """Publish what the run wrote; a failed commit is said, never fatal (the next one,
+        or the platform's own at shutdown, carries it)."""
+        try:
+            self._commit()
+        except Exception as e:  # noqa: BLE001 - any platform error: keep running
+            self.say(f"commit failed ({type(e).__name__}: {e}); retrying at the next one")
+
+    def say(self, text: str) -> None:
+        if self.sink is not None:
+            self.sink.emit("runner", [text])
+        else:
+            print(f"[runner] {text}", file=self.out, flush=True)
 
     def prepare(self) -> list[str]:
         if not (self.meta_dir / "plan.json").exists():
@@ -94,21 +116,33 @@ class Runner:
         if self.signal is None:
             self.signal, self.signal_at = signum, time.monotonic()
         if self.proc is not None:
-            signal_group(self.proc.pid, signum)
+            # prime-rl stops on SIGTERM or SIGINT; a cancellation is a stop for it too
+            signal_group(self.proc.pid, signal.SIGTERM if signum == CANCEL_SIGNAL else signum)
 
     def run(self) -> int:
         argv = self.prepare()
-        if self.options.stop_requested(self.meta_dir) and self.state.attempt == 0:
-            self.state.set_status(st.STOPPED, "stopped before it started")
+        if self.options.stop_requested(self.meta_dir):
+            self.state.close_unended()
+            self.state.data["ended_at"] = time.time()
+            self.state.set_status(st.STOPPED, "stopped before this attempt started")
             self.commit()
             return 143
+        failures = self.state.failures(self.options.call_id)
         resumed = self.state.attempt > 0 or has_artifacts(self.run_dir)
-        if resumed:
-            argv += resume_args(self.plan["dialect"], self.run_dir)
-        n = self.state.begin_attempt(argv, resumed)
-        self.state.set_status(st.RUNNING, f"attempt {n}" + (" (resuming)" if resumed else ""))
-        sink = Sink(self.out, self.meta_dir / "logs" / f"attempt_{n}.log")
+        resume = resume_from(self.plan["dialect"], self.run_dir) if resumed else None
+        if resume:
+            argv += resume.args
+        n = self.state.begin_attempt(argv, resume.step if resume else None, resumed,
+                                     self.options.call_id)
+        note = f"attempt {n}" + (f" (resuming from step {resume.step})" if resume and
+                                 resume.step is not None else " (resuming)" if resume else "")
+        self.state.set_status(st.RUNNING, note)
+        self.commit()  # the attempt is on record before anything can kill it
+        self.sink = sink = Sink(self.out, self.meta_dir / "logs" / f"attempt_{n}.log")
         sink.emit("runner", [f"{self.run_id}: attempt {n}", shlex.join(argv)])
+        if resume and resume.skipped:
+            sink.emit("runner", [f"checkpoint step {', '.join(map(str, resume.skipped))} is "
+                                 f"incomplete (no trainer/.metadata): not resumed from"])
         tailer = LogTailer(self.run_dir, self.plan["dialect"], sink)
         tailer.snapshot()
         progress = Progress(self.run_dir, self.plan.get("metric", "reward/mean"),
@@ -116,13 +150,13 @@ class Runner:
         in_main = threading.current_thread() is threading.main_thread()
         previous = {}
         if in_main:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, CANCEL_SIGNAL):
                 previous[sig] = signal.signal(sig, self._on_signal)
         try:
             code = self._supervise(argv, sink, tailer, progress)
             # Still ours until the end is recorded and committed: a second SIGTERM (a stop
             # and a cancel, a preemption notice twice) must not kill the bookkeeping.
-            self._finish(code, sink, progress)
+            self._finish(code, sink, progress, failures)
             sink.close()
             self.commit()
         finally:
@@ -146,20 +180,30 @@ class Runner:
         self.state.data["launcher_pid"] = self.proc.pid
         self.state.save()
         if self.signal is not None:  # a signal that arrived while starting
-            signal_group(self.proc.pid, self.signal)
+            self._on_signal(self.signal, None)
         reader = pump_pipe(self.proc.stdout.fileno(), sink)
-        last_commit = last_save = time.monotonic()
-        killed = dirty = False
+        last_commit = last_save = last_stop_poll = time.monotonic()
+        killed = dirty = signal_recorded = False
+        ending_at: float | None = None
         while self.proc.poll() is None:
             time.sleep(self.options.poll)
             tailer.poll()
             now = time.monotonic()
-            if self.signal is not None and not killed:
-                if now - self.signal_at > self.options.grace:
-                    sink.emit("runner", [f"launcher still alive {self.options.grace:g}s after "
-                                         f"{signal.Signals(self.signal).name}: killing it"])
-                    signal_group(self.proc.pid, signal.SIGKILL)
-                    killed = True
+            if self.signal is not None and not signal_recorded:
+                signal_recorded = True
+                ending_at = self.signal_at
+                self._record_signal(sink)
+            elif ending_at is None and now - last_stop_poll >= _STOP_POLL_S:
+                last_stop_poll = now
+                if self.options.stop_requested(self.meta_dir):
+                    ending_at = self._end_launcher("stop requested", sink)
+            elif ending_at is None and self._out_of_time(now):
+                ending_at = self._end_launcher("time limit", sink)
+            if ending_at is not None and not killed and now - ending_at > self.options.grace:
+                sink.emit("runner", [f"launcher still alive {self.options.grace:g}s after "
+                                     "being told to stop: killing it"])
+                signal_group(self.proc.pid, signal.SIGKILL)
+                killed = True
             dirty = progress.poll() or dirty
             since_save = now - last_save
             if (dirty and since_save >= _SAVE_EVERY_S) or since_save >= _HEARTBEAT_S:
@@ -177,32 +221,93 @@ class Runner:
         progress.poll()
         return 128 - code if code < 0 else code
 
-    def _finish(self, code: int, sink: Sink, progress: Progress) -> None:
+    def _record_signal(self, sink: Sink) -> None:
+        """Put the signal on record at once: if the platform kills this container before
+        the launcher has stopped, the next attempt still knows it was a preemption."""
+        assert self.signal is not None
+        name = signal.Signals(self.signal).name
+        sink.emit("runner", [f"received {name}; stopping the launcher"])
+        self.state.current_attempt()["signal"] = name
+        self.state.event("signal_received", signal=name)
+        self.state.save()
+        self.commit()
+
+    def _out_of_time(self, now: float) -> bool:
+        limit = self.options.time_limit_s
+        return limit is not None and now - self.started > limit - self.options.grace - \
+            _TIME_LIMIT_MARGIN_S
+
+    def _end_launcher(self, reason: str, sink: Sink) -> float:
+        assert self.proc is not None
+        self.reason = reason
+        sink.emit("runner", [f"{reason}: stopping the launcher"])
+        signal_group(self.proc.pid, signal.SIGTERM)
+        return time.monotonic()
+
+    def _outcome(self, code: int, sink: Sink, failures: int) -> tuple[str, str, bool]:
+        """(status, note, whether it spends the failure budget) of the ending attempt."""
+        retry = failures < self.options.retries
+        if self.signal == CANCEL_SIGNAL:
+            return st.STOPPED, "stopped (its call was cancelled)", False
+        if self.signal is not None or self.reason == "stop requested":
+            name = signal.Signals(self.signal).name if self.signal else self.reason
+            if self.options.stop_requested(self.meta_dir):
+                return st.STOPPED, "stopped by prm stop", False
+            if self.options.preemptible:
+                return st.RECOVERING, f"preempted ({name}); the platform restarts it", False
+            return st.STOPPED, f"{name} received", False
+        if self.reason == "time limit":
+            limit = f"{self.options.time_limit_s:g}s"
+            return (st.RECOVERING if retry else st.FAILED,
+                    f"reached the attempt's time limit ({limit})", True)
+        if code == 0:
+            return st.SUCCEEDED, "launcher exited 0", False
+        component, lines = sink.failure()
+        self.state.data["failure"] = {"component": component, "exit_code": code,
+                                      "lines": lines}
+        left = self.options.retries - failures
+        note = f"{component} failed, exit code {code}"
+        note += f"; retrying ({left} left)" if retry else (
+            "; no retries left" if self.options.retries else "")
+        return (st.RECOVERING if retry else st.FAILED), note, True
+
+    def _finish(self, code: int, sink: Sink, progress: Progress, failures: int) -> None:
         self.state.data["progress"] = progress.summary
         self.state.data["exit_code"] = code
-        if self.signal is not None:
-            name = signal.Signals(self.signal).name
-            sink.emit("runner", [f"received {name}; the launcher exited with {code}"])
-            self.state.event("signal_received", signal=name)
-            if self.options.stop_requested(self.meta_dir):
-                outcome, note = st.STOPPED, "stopped by prm stop"
-            elif self.options.retry_expected:
-                outcome, note = st.RECOVERING, f"{name} (preempted?); a retry will resume"
-            else:
-                outcome, note = st.STOPPED, f"{name} received"
-        elif code == 0:
-            outcome, note = st.SUCCEEDED, "launcher exited 0"
-        else:
-            component, lines = sink.failure()
-            self.state.data["failure"] = {"component": component, "exit_code": code,
-                                          "lines": lines}
-            outcome = st.RECOVERING if self.options.retry_expected else st.FAILED
-            note = f"{component} failed, exit code {code}"
+        outcome, note, failed = self._outcome(code, sink, failures)
         sink.emit("runner", [f"{self.run_id}: {outcome} ({note})"])
-        self.state.end_attempt(outcome, code)
+        self.state.end_attempt(outcome, code, failure=failed,
+                               preempted=outcome == st.RECOVERING and not failed)
         if outcome in st.FINAL:
             self.state.data["ended_at"] = time.time()
         self.state.set_status(outcome, note)
+
+    def abort(self, error: BaseException) -> None:
+        """The runner itself was interrupted (an exception, a cancellation raised in the
+        main thread): stop the launcher's group first, then record how the attempt ended."""
+        if self.proc is not None:
+            signal_group(self.proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.options.grace
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            reap_group(self.proc.pid)
+        if self.state.status in st.FINAL or not self.state.data.get("attempts"):
+            return
+        name = type(error).__name__
+        if name == "InputCancellation":
+            outcome, note, failed = st.STOPPED, "stopped (its call was cancelled)", False
+        elif isinstance(error, KeyboardInterrupt) and self.options.preemptible:
+            outcome, note, failed = st.RECOVERING, "interrupted; the platform restarts it", False
+        else:
+            retry = self.state.failures(self.options.call_id) < self.options.retries
+            outcome, failed = (st.RECOVERING if retry else st.FAILED), True
+            note = f"runner error: {name}: {error}"
+        if "ended_at" not in self.state.current_attempt():
+            self.state.end_attempt(outcome, None, failure=failed)
+        if outcome in st.FINAL:
+            self.state.data["ended_at"] = time.time()
+        self.state.set_status(outcome, note)
+        self.commit()
 
 
 def signal_group(pid: int, signum: int) -> None:
@@ -227,16 +332,16 @@ def run(plan: dict[str, Any], commit: Callable[[], None], options: RunnerOptions
         out: TextIO | None = None) -> int:
     """Run the next attempt of ``plan`` and return the launcher's exit code.
 
-    A crash of the runner itself is recorded as FAILED before it propagates.
+    Whatever interrupts the runner itself (an exception, a cancellation raised in the main
+    thread) first stops the launcher's process group and records the attempt's end, then
+    propagates.
     """
     runner = Runner(plan, commit, options, out or sys.stdout)
     try:
         return runner.run()
     except BaseException as e:
-        if runner.state.status not in st.FINAL and not isinstance(e, SystemExit):
-            runner.state.set_status(st.FAILED, f"runner error: {type(e).__name__}: {e}")
-            with contextlib.suppress(Exception):
-                commit()
+        if not isinstance(e, SystemExit):
+            runner.abort(e)
         raise
 
 

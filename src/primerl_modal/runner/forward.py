@@ -75,11 +75,20 @@ class _LineSplitter:
             self._carry = data
             return []
         self._carry = data[cut + 1 :]
-        return data[:cut].decode("utf-8", "replace").split("\n")
+        return _as_shown(data[:cut].decode("utf-8", "replace"))
 
     def rest(self) -> list[str]:
         tail, self._carry = self._carry, b""
-        return [tail.decode("utf-8", "replace")] if tail else []
+        return _as_shown(tail.decode("utf-8", "replace")) if tail else []
+
+
+def _as_shown(text: str) -> list[str]:
+    """Lines as a terminal leaves them: a progress bar redrawn with "\r" keeps its last
+    drawing (one line, not one per redraw, and no "\r" for log readers to trip on)."""
+    lines = text.split("\n")
+    if "\r" in text:
+        lines = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines]
+    return lines
 
 
 def pump_pipe(fd: int, sink: Sink, prefix: str = "launcher") -> threading.Thread:

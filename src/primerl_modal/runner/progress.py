@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-_STEP_DIR = re.compile(r"step_(\d+)$")
-
-
-def latest_checkpoint(run_dir: Path) -> int | None:
-    steps = [int(m.group(1)) for p in (run_dir / "checkpoints").glob("step_*")
-             if (m := _STEP_DIR.search(p.name)) and p.is_dir()]
-    return max(steps) if steps else None
+from primerl_modal.runner.checkpoints import latest_complete
 
 
 def max_steps_from_argv(argv: list[str]) -> int | None:
@@ -26,7 +19,7 @@ def max_steps_from_argv(argv: list[str]) -> int | None:
 
 class Progress:
     """Step, max steps, last value of the plan's metric, time of the last step, latest
-    checkpoint: what `prm ls` shows without ever reading whole files."""
+    complete checkpoint: what `prm ls` shows without ever reading whole files."""
 
     def __init__(self, run_dir: Path, metric: str, max_steps: int | None) -> None:
         self.run_dir = run_dir
@@ -39,7 +32,7 @@ class Progress:
         """Read what was appended since the last poll; True when the summary changed."""
         before = dict(self.summary)
         self._read_metrics()
-        self.summary["ckpt_step"] = latest_checkpoint(self.run_dir)
+        self.summary["ckpt_step"] = latest_complete(self.run_dir)
         if self.summary.get("max_steps") is None:
             self.summary["max_steps"] = self._max_steps_from_configs()
         return self.summary != before

@@ -88,29 +88,67 @@ class RunState:
             f.write(line + "\n")
 
     def set_status(self, status: str, note: str = "", **fields: Any) -> None:
-        self.data["status"] = status
-        self.data.update(fields)
-        self.data["history"].append(
-            {"status": status, "at": now(), "attempt": self.attempt, "note": note}
-        )
+        record_status(self.data, status, note, **fields)
         self.save()
         self.event("status", status=status, note=note)
 
-    def begin_attempt(self, argv: list[str], resumed: bool) -> int:
+    def begin_attempt(self, argv: list[str], resumed_from: int | None, resumed: bool,
+                      call_id: str | None = None) -> int:
+        """Record a new attempt. An earlier attempt that never recorded its end (its
+        container or runner was killed) is closed first, with what can be known of it."""
+        self.close_unended()
         n = self.attempt + 1
         self.data["attempt"] = n
-        self.data["attempts"].append({"n": n, "started_at": now(), "resumed": resumed,
-                                      "host": socket.gethostname(), "argv": argv})
+        self.data["attempts"].append({
+            "n": n, "started_at": now(), "resumed": resumed, "resumed_from": resumed_from,
+            "host": socket.gethostname(), "argv": argv, **({"call_id": call_id} if call_id else {}),
+        })
         self.data.setdefault("started_at", now())
         self.data["runner"] = {"pid": os.getpid(), "host": socket.gethostname(),
                                "heartbeat_at": now()}
-        self.event("attempt_started", argv=argv, resumed=resumed)
+        self.event("attempt_started", argv=argv, resumed=resumed, resumed_from=resumed_from)
         return n
 
+    def current_attempt(self) -> dict[str, Any]:
+        return self.data["attempts"][-1]
+
     def end_attempt(self, outcome: str, exit_code: int | None, **fields: Any) -> None:
-        current = self.data["attempts"][-1]
+        current = self.current_attempt()
         current.update({"ended_at": now(), "outcome": outcome, "exit_code": exit_code, **fields})
         self.event("attempt_ended", outcome=outcome, exit_code=exit_code)
+
+    def close_unended(self) -> None:
+        """An attempt without an end was killed before it could write one: after a platform
+        signal (a preemption past its grace) or without any (a crash, an out-of-memory
+        kill). Only the second kind spends the failure budget."""
+        for a in self.data.get("attempts", []):
+            if isinstance(a, dict) and "ended_at" not in a:
+                a.update({"ended_at": None, "outcome": "KILLED", "exit_code": None,
+                          "failure": not a.get("signal")})
+
+    def failures(self, call_id: str | None) -> int:
+        """Failed attempts of one platform call (Modal's retry budget is per call; a
+        `prm run --resume` is a new call with a fresh budget). Preemptions and stops are not
+        failures; an attempt killed without a platform signal is."""
+        count = 0
+        for a in self.data.get("attempts", []):
+            if not isinstance(a, dict) or a.get("call_id") != call_id:
+                continue
+            if "ended_at" not in a:
+                count += 0 if a.get("signal") else 1
+            elif a.get("failure"):
+                count += 1
+        return count
+
+
+def record_status(data: dict[str, Any], status: str, note: str, **fields: Any) -> None:
+    """Set a status.json's status, with its line of history (a final one ends the run)."""
+    data["status"] = status
+    data.update(fields)
+    data.setdefault("history", []).append(
+        {"status": status, "at": now(), "attempt": int(data.get("attempt", 0)), "note": note})
+    if st.is_final(status):
+        data.setdefault("ended_at", now())
 
 
 def stop_requested(meta_dir: Path) -> bool:

@@ -1,0 +1,57 @@
+"""Which checkpoint a run resumes from, and how each dialect is told.
+
+prime-rl writes `checkpoints/step_<N>/trainer` with torch distributed checkpointing, whose
+`.metadata` file is written last: a step folder without it was cut off mid-write (a kill,
+a preemption past its grace) and cannot be loaded. prime-rl's bare `--resume` takes the
+highest step folder without looking, so prm names the newest complete one itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_STEP_DIR = re.compile(r"step_(\d+)")
+DCP_METADATA = ".metadata"
+
+
+def checkpoint_steps(run_dir: Path) -> dict[int, Path]:
+    """Every `step_<N>` folder under the run's checkpoints, complete or not."""
+    try:
+        entries = list((run_dir / "checkpoints").iterdir())
+    except OSError:
+        return {}
+    return {int(m.group(1)): p for p in entries
+            if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir()}
+
+
+def is_complete(step_dir: Path) -> bool:
+    return (step_dir / "trainer" / DCP_METADATA).is_file()
+
+
+def latest_complete(run_dir: Path) -> int | None:
+    steps = checkpoint_steps(run_dir)
+    return max((n for n, p in steps.items() if is_complete(p)), default=None)
+
+
+@dataclass(frozen=True)
+class Resume:
+    args: tuple[str, ...]
+    step: int | None  # the checkpoint step resumed from (None: from the start)
+    skipped: tuple[int, ...] = ()  # newer, incomplete step folders passed over
+
+
+def resume_from(dialect: str, run_dir: Path) -> Resume:
+    """How this dialect continues from the newest complete checkpoint (never --clean)."""
+    steps = checkpoint_steps(run_dir)
+    step = latest_complete(run_dir)
+    skipped = tuple(sorted(n for n in steps if step is None or n > step))
+    if dialect == "current":
+        # Bare --resume on a directory without a complete checkpoint: prime-rl starts over
+        # (an incomplete newest folder would fail its load either way).
+        args: tuple[str, ...] = ("--resume.step", str(step)) if step is not None else \
+            ("--resume",)
+    else:  # 2025-10: `--ckpt.resume-step N`; 0 would mean no resume, so none is passed then
+        args = ("--ckpt.resume-step", str(step)) if step is not None else ()
+    return Resume(args, step, skipped)
