@@ -171,6 +171,39 @@ def test_without_the_client_internals_it_needs_the_lean_reader_steps_aside():
     assert asyncio.run(attempt()) is None
 
 
+@pytest.mark.parametrize("broken", ["no internals", "private reader moved"])
+def test_pull_works_on_modal_public_api_alone(prm, modal_env, tmp_path, monkeypatch, broken):
+    """Should a modal release move the internals the fast path uses, a pull still works,
+    through modal's public reader."""
+    from primerl_modal.backends import modal_files, volume_reads
+
+    data = _run_dir_only(modal_env, "pub-1", {
+        "metrics.jsonl": b"{}\n" * 100, "checkpoints/step_1/w.bin": os.urandom(9 << 20)})
+    if broken == "no internals":
+        monkeypatch.setattr(modal_files, "client_internals", lambda volume: None)
+    else:
+        async def no_lean_reader(*args: object) -> None:
+            return None
+
+        from modal.volume import _Volume
+
+        private = _Volume._read_file_into_fileobj
+
+        def moved(self: object, *args: object, **kwargs: object) -> object:
+            if "rpc_semaphore" in kwargs:  # the keywords prm passes are gone
+                raise TypeError("_read_file_into_fileobj() got an unexpected keyword argument")
+            return private(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(modal_files, "open_reader", no_lean_reader)
+        monkeypatch.setattr(_Volume, "_read_file_into_fileobj", moved)
+    assert volume_reads  # the lean reader is out of the way in both cases
+    dest = tmp_path / "d"
+    r = prm("pull", "pub-1", str(dest), "--json")
+    assert r.code == 0, r.err
+    assert {m["status"] for m in r.json()} == {"downloaded"}
+    assert _complete(dest) == data
+
+
 def _slow_run(modal_env, run_id: str) -> dict[str, bytes]:
     """A run on the volume whose last few files (one of them streamed, 2 MiB) hang when read."""
     data = _run_dir_only(modal_env, run_id, {

@@ -196,3 +196,47 @@ def test_a_second_sigterm_while_recording_the_end_does_not_lose_it(local_profile
         proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
     assert status_of(plan)["status"] == "STOPPED"
+
+
+def test_an_exception_inside_the_runner_leaves_no_launcher(local_profile, fast_fake,
+                                                           monkeypatch):
+    """Whatever breaks the runner (here its progress reader) first ends the launcher's whole
+    process group, then records the attempt's end, then propagates."""
+    from primerl_modal.runner import core
+
+    monkeypatch.setenv("FAKE_RL_STEP_SECONDS", "0.2")
+    plan = make_plan(local_profile, parse_set("max_steps=100"))
+    real_poll = core.Progress.poll
+
+    def failing_poll(self: Any) -> bool:
+        if (self.summary.get("step") or 0) >= 2:
+            raise RuntimeError("progress reader broke")
+        return real_poll(self)
+
+    monkeypatch.setattr(core.Progress, "poll", failing_poll)
+    with pytest.raises(RuntimeError, match="progress reader broke"):
+        run(plan, lambda: None, RunnerOptions(Path(plan["outputs_root"]), grace=5),
+            io.StringIO())
+    status = status_of(plan)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(status["launcher_pid"], 0)
+    assert status["status"] == "FAILED"
+    assert status["attempts"][0]["outcome"] == "FAILED"
+    assert "runner error: RuntimeError" in status["history"][-1]["note"]
+
+
+def test_a_platform_cancellation_is_a_stop(local_profile, fast_fake, tmp_path, monkeypatch):
+    """Modal cancels a synchronous function's input with SIGUSR1: the runner stops prime-rl
+    and records STOPPED (not a failure, not a preemption)."""
+    monkeypatch.setenv("FAKE_RL_STEP_SECONDS", "0.15")
+    plan = make_plan(local_profile, parse_set("max_steps=40"))
+    proc = start_runner(plan, tmp_path)
+    wait_for(lambda: (status_of(plan).get("progress") or {}).get("step"), what="a step")
+    launcher = status_of(plan)["launcher_pid"]
+    proc.send_signal(signal.SIGUSR1)
+    proc.communicate(timeout=30)
+    status = status_of(plan)
+    assert status["status"] == "STOPPED" and "cancelled" in status["history"][-1]["note"]
+    assert status["attempts"][0]["failure"] is False
+    with pytest.raises(ProcessLookupError):
+        os.killpg(launcher, 0)

@@ -4,7 +4,6 @@ module calls) and in `prm doctor`'s checks; nowhere else."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -13,9 +12,9 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any
 
 import modal
 import modal.exception
@@ -31,8 +30,8 @@ from primerl_modal.backends.base import (
     resumable_trials,
 )
 from primerl_modal.backends.modal_client import MISSING, connect, modal_errors, volume
+from primerl_modal.backends.modal_files import ModalSource
 from primerl_modal.backends.modal_image import check_local_code, controller_image, to_modal_image
-from primerl_modal.backends.volume_reads import VolumeReader, open_reader
 from primerl_modal.core import status as st
 from primerl_modal.core.image_spec import image_spec
 from primerl_modal.core.logs import LogLine, parse_attempt_log, parse_prefixed
@@ -47,9 +46,6 @@ from primerl_modal.sweeps import SweepPlan, sweep_record
 from primerl_modal.transfer import Source
 from primerl_modal.ui import console
 
-T = TypeVar("T")
-RPCS_IN_FLIGHT = 64  # block-URL requests at once: more only queues on Modal's side
-BLOCKS_IN_FLIGHT = 128
 STOP_WAIT_S = 45.0  # the runner's grace (20 s) and its last commit, with room to spare
 _POLL_S = 2.0
 
@@ -449,81 +445,6 @@ class ModalBackend:
                         rel = e.path.lstrip("/").removeprefix(root).lstrip("/")
                         items.append(RemoteFile(e.path, prefix + rel, e.size, float(e.mtime)))
         return items, ModalSource(volume)
-
-
-class ModalSource:
-    """Fetches from a volume. The transfer runs on the modal client's own event loop and
-    awaits the volume's async implementation directly, with one pair of semaphores for all
-    files (block-URL calls and block downloads in flight), as `modal volume get` does. Files
-    go through the lean reader of volume_reads; any file it has trouble with goes again
-    through modal's own reader, with its retries. Should the internal API move, it falls
-    back to the public `.aio` methods on a loop of its own."""
-
-    def __init__(self, volume: modal.Volume) -> None:
-        self.volume = volume
-        self._impl: Any = None
-        self._synchronizer: Any = None
-        self._gates: dict[str, Any] = {}
-        self._reader: VolumeReader | None = None
-        try:
-            from modal._utils.async_utils import synchronizer
-
-            self._impl = synchronizer._translate_in(volume)
-            self._synchronizer = synchronizer
-        except (ImportError, AttributeError):
-            pass
-
-    def run(self, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        if self._synchronizer is None:
-            return asyncio.run(main())
-
-        async def with_reader() -> T:
-            # Made on the running loop and shared by every file of the pull.
-            self._gates = {"rpc_semaphore": asyncio.Semaphore(RPCS_IN_FLIGHT),
-                           "download_semaphore": asyncio.Semaphore(BLOCKS_IN_FLIGHT)}
-            with modal_errors():
-                self._reader = await open_reader(self._impl, self._gates["rpc_semaphore"],
-                                                 self._gates["download_semaphore"])
-            return await main()
-
-        return self._synchronizer.create_blocking(with_reader)()
-
-    async def listing(self, roots: tuple[tuple[str, str], ...],
-                      keep: Callable[[RemoteFile], bool]) -> AsyncIterator[RemoteFile]:
-        for root, prefix in roots:
-            entries = self._impl.iterdir(root, recursive=True) if self._impl else \
-                self.volume.iterdir.aio(root, recursive=True)
-            with modal_errors():
-                try:
-                    async for e in entries:
-                        if e.type == FileEntryType.FILE:
-                            rel = e.path.lstrip("/").removeprefix(root).lstrip("/")
-                            item = RemoteFile(e.path, prefix + rel, e.size, float(e.mtime))
-                            if keep(item):
-                                yield item
-                except MISSING:  # e.g. no _prm/ folder for a run found elsewhere
-                    continue
-
-    async def fetch(self, item: RemoteFile, out: IO[bytes],
-                    progress: Callable[[int], None]) -> None:
-        if self._reader is not None:
-            try:
-                progress(await self._reader.read(item.remote, out))
-                return
-            except Exception:  # noqa: BLE001 - modal's reader below retries or says what is wrong
-                out.seek(0)
-                out.truncate()
-
-        def on_progress(advance: int = 0, **_: Any) -> None:
-            if advance:
-                progress(advance)
-
-        if self._synchronizer is None:
-            await self.volume.read_file_into_fileobj.aio(item.remote, out,
-                                                         progress_cb=on_progress)
-            return
-        await self._impl._read_file_into_fileobj(item.remote, out, progress_cb=on_progress,
-                                                 concurrency=BLOCKS_IN_FLIGHT, **self._gates)
 
 
 _ATTEMPT = re.compile(r": attempt (\d+)$")

@@ -127,6 +127,7 @@ class Runner:
             self.state.set_status(st.STOPPED, "stopped before this attempt started")
             self.commit()
             return 143
+        self.state.close_unended()
         failures = self.state.failures(self.options.call_id)
         resumed = self.state.attempt > 0 or has_artifacts(self.run_dir)
         resume = resume_from(self.plan["dialect"], self.run_dir) if resumed else None

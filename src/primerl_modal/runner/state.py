@@ -129,16 +129,10 @@ class RunState:
     def failures(self, call_id: str | None) -> int:
         """Failed attempts of one platform call (Modal's retry budget is per call; a
         `prm run --resume` is a new call with a fresh budget). Preemptions and stops are not
-        failures; an attempt killed without a platform signal is."""
-        count = 0
-        for a in self.data.get("attempts", []):
-            if not isinstance(a, dict) or a.get("call_id") != call_id:
-                continue
-            if "ended_at" not in a:
-                count += 0 if a.get("signal") else 1
-            elif a.get("failure"):
-                count += 1
-        return count
+        failures; an attempt killed without a platform signal is (see close_unended). An
+        attempt still in progress is not counted."""
+        return sum(1 for a in self.data.get("attempts", [])
+                   if isinstance(a, dict) and a.get("call_id") == call_id and a.get("failure"))
 
 
 def record_status(data: dict[str, Any], status: str, note: str, **fields: Any) -> None:
