@@ -214,6 +214,18 @@ def test_doctor_names_a_missing_secret_with_the_command_that_creates_it(prm, mod
     assert [c["check"] for c in r.json() if c["status"] == "problem"] == ["secret huggingface"]
 
 
+def test_doctor_names_a_volume_of_the_wrong_version_with_the_fix(prm, modal_env):
+    from modal_proto import api_pb2
+
+    modal_env.register_volume("prime-rl-cache", api_pb2.VOLUME_FS_VERSION_V1)
+    r = prm("doctor", "--json")
+    assert r.code == 1
+    volume = rows(r)["volume prime-rl-cache"]
+    assert volume["status"] == "problem" and "not a v2 volume" in volume["detail"]
+    assert "modal volume create --version 2" in volume["fix"]
+    assert rows(r)["volume prime-rl-outputs"]["status"] == "ok"
+
+
 def test_doctor_against_a_healthy_account_passes(prm, modal_env):
     r = prm("doctor", "--json")
     assert r.code == 0, r.out

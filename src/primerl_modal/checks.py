@@ -316,7 +316,11 @@ async def _remote(targets: Targets, results: dict[str, Check], server: str) -> N
     import modal
     import modal.exception
 
-    from primerl_modal.backends.modal_client import SECRET_KEYS
+    from primerl_modal.backends.modal_client import (
+        SECRET_KEYS,
+        VOLUME_VERSION,
+        wrong_volume_version,
+    )
 
     reach = "modal server"
     started = time.monotonic()
@@ -337,11 +341,16 @@ async def _remote(targets: Targets, results: dict[str, Check], server: str) -> N
     async def volume(name: str, users: set[str]) -> None:
         row = f"volume {name}"
         try:
-            await modal.Volume.from_name(name).hydrate.aio()
-            results[row] = ok(row, f"exists (used by {_users(users)})")
+            await modal.Volume.from_name(name, version=VOLUME_VERSION).hydrate.aio()
+            results[row] = ok(row, f"exists, v{VOLUME_VERSION} (used by {_users(users)})")
         except modal.exception.NotFoundError:
-            results[row] = ok(row, f"not created yet; the first run creates it (used by "
-                                   f"{_users(users)})")
+            results[row] = ok(row, f"not created yet; the first run creates it as "
+                                   f"v{VOLUME_VERSION} (used by {_users(users)})")
+        except modal.exception.InvalidError as e:
+            if "has version" not in str(e):
+                raise
+            wrong = wrong_volume_version(name)
+            results[row] = problem(row, f"{wrong.message} (used by {_users(users)})", wrong.hint)
         except Exception as e:
             results[row] = problem(row, f"{type(e).__name__}: {e}", None)
 

@@ -60,8 +60,7 @@ def ls(
     index = open_index()
     if sweep:
         sweep = index.find_sweep(sweep).sweep_id
-    if all_:
-        _discover(index)
+    complete = _discover(index) if all_ else True
     # Runs not final may change status when refreshed: fetch them whatever the filter says.
     fetch = sorted(set(wanted) | set(st.ALL) - st.FINAL) if wanted else []
     records = index.list(statuses=fetch, sweep_id=sweep, since=cutoff,
@@ -69,8 +68,9 @@ def ls(
     records = refresh_all(index, records)
     if wanted:
         records = [r for r in records if r.status in wanted][: limit or None]
+    # "no runs yet" would be untrue when a place that may hold runs could not be searched
     emit(records, run_columns(), json_out=json_out,
-         empty="no runs yet: start one with `prm run PROFILE`")
+         empty="no runs yet: start one with `prm run PROFILE`" if complete else "")
 
 
 def refresh_all(index: RunIndex, records: list[RunRecord]) -> list[RunRecord]:
@@ -93,16 +93,21 @@ def refresh_all(index: RunIndex, records: list[RunRecord]) -> list[RunRecord]:
     return records
 
 
-def _discover(index: RunIndex) -> None:
+def _discover(index: RunIndex) -> bool:
+    """Add runs found where runs are kept (volumes, outputs folders); whether every such
+    place could be searched."""
     from primerl_modal.backends import get_backend
     from primerl_modal.errors import PrmError
     from primerl_modal.ui.console import warn
 
     known = {r.run_id for r in index.list()}
+    complete = True
     for name in ("local", "modal"):
         try:
             found = get_backend(name, index).discover(known)
         except PrmError as e:
             warn(f"could not look for {name} runs: {e.one_line()}")
+            complete = False
             continue
         known |= {r.run_id for r in found}
+    return complete

@@ -37,7 +37,8 @@ def emit(rows: Sequence[T], columns: Sequence[Column[T]], *, json_out: bool,
                             for r in rows])
         return
     if not rows:
-        console.err().print(empty)
+        if empty:
+            console.err().print(empty)
         return
     from rich.table import Table
     from rich.text import Text
