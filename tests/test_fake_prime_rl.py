@@ -31,7 +31,11 @@ tensor_parallel_size = 1
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_RL_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("FAKE_RL_") and k not in ("PRL_RUN_ID", "PRL_RUN_NAME")
+    }
     env["FAKE_RL_STEP_SECONDS"] = "0.005"
     env.update(extra)
     return env
@@ -67,6 +71,25 @@ def current_args(tmp_path: Path, *extra: str, run_name: str = "run-1") -> list[s
     ]  # fmt: skip
 
 
+def legacy_args(tmp_path: Path, *extra: str, train_toml: str = "max_steps = 5\n") -> list[str]:
+    (tmp_path / "train.toml").write_text(train_toml + "[optim]\nlr = 2e-6\n")
+    (tmp_path / "orch.toml").write_text('max_steps = 3\n[environment]\nid = "hendrycks-math"\n')
+    (tmp_path / "infer.toml").write_text('[model]\nname = "m"\n')
+    return [
+        "--trainer", "@", "train.toml",
+        "--orchestrator", "@", "orch.toml",
+        "--inference", "@", "infer.toml",
+        "--trainer-gpu-ids", "0,1",
+        "--inference-gpu-ids", "2,3,4,5,6,7",
+        "--inference.parallel.dp", "6",
+        "--inference.parallel.tp", "1",
+        "--output-dir", str(tmp_path / "outputs" / "run-x"),
+        "--wandb.project", "proj",
+        "--wandb.name", "run-x",
+        *extra,
+    ]  # fmt: skip
+
+
 def metrics_steps(run_dir: Path) -> list[int]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line)["step"] for line in lines]
@@ -74,6 +97,16 @@ def metrics_steps(run_dir: Path) -> list[int]:
 
 def step_dirs(parent: Path) -> list[str]:
     return sorted((p.name for p in parent.iterdir()), key=lambda n: int(n.split("_")[1]))
+
+
+def complete_steps(run_dir: Path) -> list[str]:
+    """Checkpoint step folders whose trainer DCP checkpoint has its .metadata."""
+    ckpts = run_dir / "checkpoints"
+    return [n for n in step_dirs(ckpts) if (ckpts / n / "trainer" / ".metadata").is_file()]
+
+
+def last_line(path: Path) -> str:
+    return path.read_text().splitlines()[-1]
 
 
 def group_members(pgid: int) -> list[int]:
@@ -210,10 +243,17 @@ def test_resume_continues_steps_in_new_attempt(tmp_path: Path) -> None:
     assert metrics_steps(run)[-1] == 3
     assert os.readlink(run / "logs" / "latest") == "attempt_3"
 
+    # a step that was never saved fails in the trainer, like a torch DCP load of it
     missing = run_rl([*args, "--resume.step", "3"], tmp_path)
     assert missing.returncode == 1
-    assert "step 3" in missing.stderr
-    assert not (run / "logs" / "attempt_4").exists()
+    assert "trainer process failed with exit code 1 while loading checkpoint step 3" in (
+        missing.stderr
+    )
+    metadata = (run / "checkpoints" / "step_3" / "trainer" / ".metadata").resolve()
+    assert last_line(run / "logs" / "attempt_4" / "trainer.log") == (
+        f"FileNotFoundError: [Errno 2] No such file or directory: '{metadata}'"
+    )
+    assert metrics_steps(run)[-1] == 3
 
 
 def test_resume_without_checkpoint_starts_at_step_one(tmp_path: Path) -> None:
@@ -224,23 +264,8 @@ def test_resume_without_checkpoint_starts_at_step_one(tmp_path: Path) -> None:
 
 
 def test_dialect_2025_10(tmp_path: Path) -> None:
-    (tmp_path / "train.toml").write_text("max_steps = 5\n[optim]\nlr = 2e-6\n")
-    (tmp_path / "orch.toml").write_text("max_steps = 3\n")
-    (tmp_path / "infer.toml").write_text('[model]\nname = "m"\n')
     run = tmp_path / "outputs" / "run-x"
-    args = [
-        "--trainer", "@", "train.toml",
-        "--orchestrator", "@", "orch.toml",
-        "--inference", "@", "infer.toml",
-        "--trainer-gpu-ids", "0,1",
-        "--inference-gpu-ids", "2,3,4,5,6,7",
-        "--inference.parallel.dp", "6",
-        "--inference.parallel.tp", "1",
-        "--output-dir", str(run),
-        "--wandb.project", "proj",
-        "--wandb.name", "run-x",
-        "--ckpt.interval", "2",
-    ]  # fmt: skip
+    args = legacy_args(tmp_path, "--ckpt.interval", "2")
     result = run_rl(args, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "dialect 2025-10" in result.stdout
@@ -256,17 +281,91 @@ def test_dialect_2025_10(tmp_path: Path) -> None:
     assert inference["model"] == {"name": "m"}
     trainer = json.loads((run / "configs" / "trainer.json").read_text())
     assert trainer["optim"]["lr"] == 2e-6
-
-    again = run_rl(args, tmp_path)
-    assert again.returncode == 1
-    resumed = run_rl([*args, "--resume", "--max-steps", "4"], tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    assert metrics_steps(run) == [1, 2, 3, 3, 4]
+    assert trainer["ckpt"]["interval"] == 2
 
     bad = run_rl([*args, "--inference.parallel.dp", "3", "--output-dir", "other"], tmp_path)
     assert bad.returncode == 2
     assert "dp * inference.parallel.tp" in bad.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_2025_10_cleans_by_default_instead_of_refusing(tmp_path: Path) -> None:
+    run = tmp_path / "outputs" / "run-x"
+    args = legacy_args(tmp_path, "--ckpt.interval", "2")
+    assert run_rl(args, tmp_path).returncode == 0
+    (run / "logs" / "trainer.log").write_text("old attempt\n")
+
+    again = run_rl([*args, "--max-steps", "1"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"Cleaning {run / 'checkpoints'}" in again.stdout
+    assert "old attempt" not in (run / "logs" / "trainer.log").read_text()
+    assert not (run / "checkpoints").exists()  # wiped, and step 1 saves none
+    assert sorted(p.name for p in (run / "rollouts").iterdir()) == ["step_1"]
+    assert metrics_steps(run) == [1, 2, 3, 1]
+
+    kept = run_rl([*args, "--no-clean", "--max-steps", "2"], tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    assert "Cleaning" not in kept.stdout
+    assert (run / "rollouts" / "step_1").is_dir() and step_dirs(run / "checkpoints") == ["step_2"]
+
+
+def test_2025_10_resume_step_and_interval_reset(tmp_path: Path) -> None:
+    run = tmp_path / "outputs" / "run-x"
+    train_toml = "max_steps = 5\n[ckpt]\ninterval = 2\n"
+    first = run_rl(legacy_args(tmp_path, "--max-steps", "4", train_toml=train_toml), tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "checkpoint interval: 2" in first.stdout  # from the trainer file
+    assert complete_steps(run) == ["step_2", "step_4"]
+
+    # --ckpt.resume-step alone creates the shared [ckpt] table: interval 50 replaces the file's
+    args = legacy_args(tmp_path, "--max-steps", "8", "--ckpt.resume-step", "2",
+                       train_toml=train_toml)  # fmt: skip
+    resumed = run_rl(args, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming from checkpoint step 2" in resumed.stdout
+    assert "checkpoint interval: 50" in resumed.stdout
+    assert "Starting step 3" in resumed.stdout and "Starting step 2" not in resumed.stdout
+    assert metrics_steps(run) == [1, 2, 3, 4, 3, 4, 5, 6, 7, 8]
+    assert complete_steps(run) == ["step_2", "step_4"]  # kept (resuming), none new
+    trainer = json.loads((run / "configs" / "trainer.json").read_text())
+    assert trainer["ckpt"] == {"interval": 50, "resume_step": 2}
+
+    with_interval = run_rl([*args, "--ckpt.interval", "3", "--max-steps", "6"], tmp_path)
+    assert with_interval.returncode == 0, with_interval.stderr
+    assert "checkpoint interval: 3" in with_interval.stdout
+    assert complete_steps(run) == ["step_2", "step_3", "step_4", "step_6"]
+
+    # an incomplete or missing step fails the trainer's load, exit 1
+    (run / "checkpoints" / "step_6" / "trainer" / ".metadata").unlink()
+    broken = run_rl(legacy_args(tmp_path, "--ckpt.resume-step", "6"), tmp_path)
+    assert broken.returncode == 1
+    assert "while loading checkpoint step 6" in broken.stdout
+    assert last_line(run / "logs" / "trainer.log").startswith("FileNotFoundError: [Errno 2] ")
+    assert last_line(run / "logs" / "trainer.log").endswith("/step_6/trainer/.metadata'")
+
+    # 0 means no resume: a fresh start, which (clean by default) wipes the checkpoints
+    fresh = run_rl(legacy_args(tmp_path, "--ckpt.resume-step", "0", "--max-steps", "1"),
+                   tmp_path)  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr
+    assert "Resuming" not in fresh.stdout and "Starting step 1" in fresh.stdout
+    assert not (run / "checkpoints").exists()
+
+
+def test_2025_10_rejects_flags_it_does_not_know(tmp_path: Path) -> None:
+    for extra, flag in [
+        (["--resume"], "--resume"),
+        (["--resume.step", "2"], "--resume"),
+        (["--wandb.entity", "team"], "--wandb.entity"),
+        (["--wandb.id", "abc"], "--wandb.id"),
+        (["--ckpt.every", "2"], "--ckpt.every"),
+    ]:
+        result = run_rl(legacy_args(tmp_path, *extra), tmp_path)
+        assert result.returncode == 2, extra
+        assert f"unrecognized arguments: {flag}" in result.stderr, extra
+    assert not (tmp_path / "outputs").exists()
+    ok = run_rl(legacy_args(tmp_path, "--wandb.offline", "--trainer.wandb.id", "t1",
+                            "--ckpt.keep", "2", "--max-steps", "1"), tmp_path)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_validation_errors_exit_2_before_writing(tmp_path: Path) -> None:
@@ -454,3 +553,229 @@ def test_record_argv_and_env_names(tmp_path: Path) -> None:
     assert "--clean" not in entries[1]["argv"] and "--resume" in entries[1]["argv"]
     assert "WANDB_API_KEY" in entries[0]["env"]
     assert "very-secret-value" not in record.read_text()
+
+
+def start_rl(args: list[str], cwd: Path, env: Mapping[str, str]) -> subprocess.Popen[str]:
+    """The launcher in its own process group, stdout piped, as a runner starts it."""
+    return subprocess.Popen(
+        [*launcher_argv(), *args],
+        cwd=cwd,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_checkpoint_is_shards_then_metadata_and_a_signal_leaves_it_incomplete(
+    tmp_path: Path,
+) -> None:
+    args = current_args(tmp_path, "--ckpt.interval", "2", "--max-steps", "4")
+    done = run_rl(args, tmp_path, clean_env(FAKE_RL_STEP_SECONDS="0.01"))
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "outputs" / "run-1"
+    for name in ("step_2", "step_4"):
+        step = run / "checkpoints" / name
+        assert sorted(p.name for p in (step / "trainer").iterdir()) == [
+            ".metadata", "__0_0.distcp", "__1_0.distcp",  # one shard per trainer rank
+        ]  # fmt: skip
+        assert [p.name for p in (step / "orchestrator").iterdir()] == ["progress.pt"]
+
+    # A long checkpoint write: the shards are there, the .metadata not yet; SIGTERM then
+    # leaves the step folder incomplete.
+    env = clean_env(FAKE_RL_STEP_SECONDS="0.01", FAKE_RL_CKPT_SECONDS="60")
+    proc = start_rl(current_args(tmp_path, "--ckpt.interval", "2", run_name="run-2"),
+                    tmp_path, env)  # fmt: skip
+    trainer = tmp_path / "outputs" / "run-2" / "checkpoints" / "step_2" / "trainer"
+    assert wait_for(lambda: (trainer / "__1_0.distcp").exists(), timeout=20)
+    assert not (trainer / ".metadata").exists()
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 143, out
+    assert sorted(p.name for p in trainer.iterdir()) == ["__0_0.distcp", "__1_0.distcp"]
+    assert (trainer.parent / "orchestrator" / "progress.pt").is_file()
+
+
+def test_die_in_checkpoint_then_bare_resume_fails_like_a_dcp_load(tmp_path: Path) -> None:
+    args = current_args(tmp_path, "--ckpt.interval", "2", "--max-steps", "6")
+    env = clean_env(FAKE_RL_STEP_SECONDS="0.01", FAKE_RL_DIE_IN_CHECKPOINT_AT_STEP="4")
+    proc = start_rl(args, tmp_path, env)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, out
+    assert wait_for(lambda: not group_members(proc.pid), timeout=10), group_members(proc.pid)
+    run = tmp_path / "outputs" / "run-1"
+    assert metrics_steps(run) == [1, 2, 3, 4]
+    step_4 = run / "checkpoints" / "step_4"
+    assert sorted(p.name for p in (step_4 / "trainer").iterdir()) == [
+        "__0_0.distcp", "__1_0.distcp",
+    ]  # fmt: skip
+    assert complete_steps(run) == ["step_2"]
+
+    # bare --resume takes the highest step folder without checking it, as prime-rl does
+    env = clean_env(FAKE_RL_STEP_SECONDS="0.01")
+    resumed = run_rl([*args, "--resume"], tmp_path, env)
+    assert resumed.returncode == 1
+    assert "Resuming from checkpoint step 4" in resumed.stdout
+    assert "Starting step" not in resumed.stdout
+    message = "trainer process failed with exit code 1 while loading checkpoint step 4"
+    assert message in resumed.stdout and message in resumed.stderr
+    trainer_log = (run / "logs" / "attempt_2" / "trainer.log").read_text().splitlines()
+    assert "torch.distributed.checkpoint.api.CheckpointException: " \
+        "CheckpointException ranks:dict_keys([0])" in trainer_log
+    assert trainer_log[-1] == (
+        "FileNotFoundError: [Errno 2] No such file or directory: "
+        f"'{(step_4 / 'trainer' / '.metadata').resolve()}'"
+    )
+    rank_1 = run / "logs" / "attempt_2" / "trainer" / "torchrun" / "1" / "stderr.log"
+    assert "FileNotFoundError" in rank_1.read_text()
+
+    # naming the last complete step works and rewrites the incomplete one
+    explicit = run_rl([*args, "--resume", "--resume.step", "2"], tmp_path, env)
+    assert explicit.returncode == 0, explicit.stderr
+    assert metrics_steps(run) == [1, 2, 3, 4, 3, 4, 5, 6]
+    assert complete_steps(run) == ["step_2", "step_4", "step_6"]
+
+
+def test_fail_after_steps_fails_every_attempt(tmp_path: Path) -> None:
+    env = clean_env(FAKE_RL_STEP_SECONDS="0.01", FAKE_RL_FAIL_AFTER_STEPS="3")
+    args = current_args(tmp_path, "--ckpt.interval", "2", "--max-steps", "20")
+    run = tmp_path / "outputs" / "run-1"
+    first = run_rl(args, tmp_path, env)
+    assert first.returncode == 1
+    assert "trainer process failed with exit code 1 at step 4" in first.stderr
+    assert last_line(run / "logs" / "attempt_1" / "trainer.log") == CUDA_ERROR
+    assert metrics_steps(run) == [1, 2, 3]
+
+    second = run_rl([*args, "--resume"], tmp_path, env)  # from step 2: fails at 2 + 3 + 1
+    assert second.returncode == 1
+    assert "trainer process failed with exit code 1 at step 6" in second.stderr
+    assert metrics_steps(run) == [1, 2, 3, 3, 4, 5]
+    assert complete_steps(run) == ["step_2", "step_4"]
+
+
+def test_fail_before_step_one(tmp_path: Path) -> None:
+    env = clean_env(FAKE_RL_FAIL_BEFORE_STEP="1")
+    result = run_rl(current_args(tmp_path), tmp_path, env)
+    assert result.returncode == 1
+    assert "Starting step" not in result.stdout
+    message = "orchestrator process failed with exit code 1 before step 1"
+    assert message in result.stdout and message in result.stderr
+    run = tmp_path / "outputs" / "run-1"
+    orchestrator_log = (run / "logs" / "attempt_1" / "orchestrator.log").read_text()
+    assert "Traceback (most recent call last):" in orchestrator_log
+    last = orchestrator_log.splitlines()[-1]
+    assert last == "ModuleNotFoundError: No module named 'reverse_text'"
+    assert not (run / "metrics.jsonl").exists()
+
+
+def test_progress_bars_redraw_with_carriage_returns(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*launcher_argv(), *current_args(tmp_path, "--max-steps", "1")],
+        cwd=tmp_path, env=clean_env(), capture_output=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    label = b"Loading safetensors checkpoint shards:"
+    assert out.count(b"\r" + label) == 5  # 0/4 .. 4/4, each redrawn over the last
+    assert b"\r" + label + b"   0% Completed | 0/4 [" in out
+    last_redraw = out.rindex(b"\r" + label)
+    bar_end = out.index(b"\n", last_redraw)
+    assert b"100% Completed | 4/4 [" in out[last_redraw:bar_end]
+    assert b"\r" not in out[bar_end:]
+    assert bar_end < out.index(b"All components started\n")
+    inference = tmp_path / "outputs" / "run-1" / "logs" / "attempt_1" / "inference.log"
+    text = inference.read_bytes()
+    assert text.count(b"\r" + label) == 5 and b"100% Completed | 4/4" in text
+
+
+def test_slow_shutdown_keeps_the_group_alive_and_logging(tmp_path: Path) -> None:
+    seconds = 2.0
+    proc = start_hanging(tmp_path, FAKE_RL_SHUTDOWN_SECONDS=str(seconds))
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    time.sleep(0.2)
+    # Nobody exits before the shutdown time is up, however slow this machine is.
+    members = group_members(proc.pid)
+    if time.monotonic() - start < seconds:
+        assert len(members) == 4, members
+    out, _ = proc.communicate(timeout=30)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 143
+    assert elapsed >= seconds
+    lines = out.splitlines()
+    assert lines[-1] == "shutdown complete"
+    waiting = [line for line in lines if line.startswith("waiting for components to shut down")]
+    assert len(waiting) >= 2
+    assert lines.index("received SIGTERM, shutting down") < lines.index(waiting[0])
+    trainer_log = tmp_path / "outputs" / "run-1" / "logs" / "attempt_1" / "trainer.log"
+    assert "waiting for components to shut down" in trainer_log.read_text()
+    assert wait_for(lambda: not group_members(proc.pid), timeout=10), group_members(proc.pid)
+
+
+def test_slow_shutdown_on_sigint_to_launcher_alone(tmp_path: Path) -> None:
+    seconds = 1.0
+    proc = start_hanging(tmp_path, FAKE_RL_SHUTDOWN_SECONDS=str(seconds))
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert time.monotonic() - start >= seconds
+    assert "received SIGINT, shutting down" in out and out.endswith("shutdown complete\n")
+    assert wait_for(lambda: not group_members(proc.pid), timeout=10), group_members(proc.pid)
+
+
+def child_environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    pairs = (item.decode().split("=", 1) for item in raw if b"=" in item)
+    return dict(pairs)
+
+
+def test_record_run_identity(tmp_path: Path) -> None:
+    record = tmp_path / "record.jsonl"
+    env = clean_env(FAKE_RL_RECORD=str(record))
+
+    def entries() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in record.read_text().splitlines()]
+
+    for name in ("a", "b"):
+        assert run_rl(current_args(tmp_path, "--max-steps", "1", run_name=name), tmp_path,
+                      env).returncode == 0  # fmt: skip
+    fresh = entries()
+    ids = [e["prl_run_id"] for e in fresh]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids) and ids[0] != ids[1]
+    assert all("PRL_RUN_ID" not in e["env"] and e["wandb_ids"] is None for e in fresh)
+
+    stable = {**env, "PRL_RUN_ID": "stable-id"}
+    args = current_args(tmp_path, "--max-steps", "1", run_name="c")
+    assert run_rl(args, tmp_path, stable).returncode == 0
+    assert entries()[-1]["prl_run_id"] == "stable-id" and "PRL_RUN_ID" in entries()[-1]["env"]
+
+    legacy = legacy_args(tmp_path, "--max-steps", "1", "--trainer.wandb.id", "t-1",
+                         "--orchestrator.wandb.id", "o-1")  # fmt: skip
+    assert run_rl(legacy, tmp_path, env).returncode == 0
+    assert run_rl(legacy_args(tmp_path, "--max-steps", "1", "--trainer.wandb.id", "t-2"),
+                  tmp_path, stable).returncode == 0  # fmt: skip
+    assert run_rl(["--trainer", "@"], tmp_path, env).returncode == 2
+    last = entries()[-3:]
+    assert [(e["prl_run_id"], e["wandb_ids"]) for e in last] == [
+        (None, {"trainer": "t-1", "orchestrator": "o-1"}),  # 2025-10 sets no PRL_RUN_ID
+        ("stable-id", {"trainer": "t-2", "orchestrator": None}),
+        (None, None),  # argv that cannot be parsed
+    ]
+    assert "stable-id" not in json.dumps([e["env"] for e in entries()])
+
+
+def test_components_inherit_run_identity(tmp_path: Path) -> None:
+    record = tmp_path / "record.jsonl"
+    proc = start_hanging(tmp_path, FAKE_RL_RECORD=str(record))
+    try:
+        (entry,) = [json.loads(line) for line in record.read_text().splitlines()]
+        children = [pid for pid in group_members(proc.pid) if pid != proc.pid]
+        assert len(children) == 3
+        for pid in children:
+            environ = child_environ(pid)
+            assert environ["PRL_RUN_ID"] == entry["prl_run_id"]
+            assert environ["PRL_RUN_NAME"] == "run-1"
+    finally:
+        stop(proc, signal.SIGTERM, whole_group=True)

@@ -9,10 +9,10 @@ From the outside it behaves like prime-rl's launcher as described in
 ``shared/PRIME_RL.md``: same argv for both dialects (``current`` and ``2025-10``, the
 latter detected by ``--trainer @ FILE``), same validation errors (exit 2, nothing
 written), same run directory layout (``configs/``, ``logs/``, ``metrics.jsonl``,
-``checkpoints/step_N/``, ``rollouts/step_N/``), same refusal to reuse a run directory
-holding artifacts unless ``--resume`` or ``--clean`` is given, same resume semantics.
+``checkpoints/step_N/``, ``rollouts/step_N/``), same handling of a run directory that
+already holds artifacts and same resume semantics, per dialect (below).
 Each step takes ``FAKE_RL_STEP_SECONDS`` and appends to the component logs, to
-``metrics.jsonl`` and (every ``ckpt.interval`` steps) writes a checkpoint.
+``metrics.jsonl`` and (every checkpoint interval steps) writes a checkpoint.
 
 It spawns one idle child process per component (inference, orchestrator, trainer) in
 the launcher's process group, so tests can check that a runner leaves no orphans; it prints
@@ -20,25 +20,105 @@ the launcher's process group, so tests can check that a runner leaves no orphans
 group (``start_new_session=True``); on SIGTERM/SIGINT the launcher stops its children
 itself, so signalling the launcher alone or the whole group both work.
 
-Details a caller may rely on: ``configs/`` (rewritten on every launch) is not an
-artifact, anything else in the run directory is; ``--dry-run`` validates and writes
-``configs/`` only, without checking for artifacts; ``--resume`` with ``--clean`` is a
-usage error; a resume appends to ``metrics.jsonl`` (steps after the checkpoint may repeat)
-and, in the ``current`` dialect, logs to a new ``logs/attempt_<n>`` (``logs/latest``
-points at it); configs are written as JSON in both dialects.
+During startup, before ``All components started``, stdout carries a tqdm-style progress
+bar (``\\rLoading safetensors checkpoint shards:   0% Completed | 0/4 [...]`` redrawn to
+100% with ``\\r``, each redraw flushed on its own, then a newline) and ``inference.log``
+gets the same bar.
+
+Checkpoints, as prime-rl writes them (torch distributed checkpointing, not atomic):
+``checkpoints/step_N/orchestrator/progress.pt``, then one shard per trainer rank
+``checkpoints/step_N/trainer/__<rank>_0.distcp``, then ``FAKE_RL_CKPT_SECONDS`` later the
+trainer's ``.metadata`` (written to a temp name and renamed, so it appears whole). A step
+folder without ``trainer/.metadata`` is incomplete: a SIGTERM/SIGINT during those seconds
+or ``FAKE_RL_DIE_IN_CHECKPOINT_AT_STEP`` leaves one behind. A step folder being
+rewritten (after a resume from an earlier step) is removed first.
+
+Loading a checkpoint: when a launch resumes from step N, the trainer loads
+``checkpoints/step_N/trainer`` right after ``All components started``. Without its
+``.metadata`` (an incomplete or missing step folder) it fails as a torch DCP load does: the
+trainer log gets a traceback through ``CheckpointException`` whose last line is
+``FileNotFoundError: [Errno 2] No such file or directory: '<path>'`` (``<path>``: the
+absolute ``.../checkpoints/step_N/trainer/.metadata``), and the launcher reports
+``trainer process failed with exit code 1 while loading checkpoint step N`` (stdout and
+stderr) and exits 1.
+
+Dialect ``current`` (prime-rl from Aug 2026):
+
+- A run directory holding artifacts is refused (exit 1, nothing written) unless
+  ``--resume`` or ``--clean`` is given; ``--clean`` deletes the run directory first;
+  ``--resume`` with ``--clean`` is a usage error. ``configs/`` (rewritten on every
+  launch) is not an artifact, anything else in the run directory is.
+- Bare ``--resume`` resumes from the highest ``checkpoints/step_*`` folder WITHOUT
+  checking that it is complete (as prime-rl does), so an incomplete newest folder fails
+  the load. ``--resume.step N`` resumes from exactly step N (the same load failure when
+  that folder is incomplete or missing). ``--resume`` with no ``step_*`` folder at all
+  warns ``no checkpoint found`` on stderr, prints ``No checkpoint found, starting from
+  step 1`` and trains from step 1.
+- Checkpoints only with ``--ckpt.interval N`` / ``[ckpt] interval``.
+- Logs go to a new ``logs/attempt_<n>`` per launch (``logs/latest`` points at it).
+- The launcher does ``os.environ.setdefault("PRL_RUN_ID", uuid4().hex)`` and sets
+  ``PRL_RUN_NAME`` to the run name; its children inherit both.
+
+Dialect ``2025-10`` (prime-rl of Oct 2025, three files):
+
+- ``clean`` defaults to true, as in prime-rl then: every launch deletes ``logs/`` and
+  ``rollouts/``, and ``checkpoints/`` too unless it resumes; ``--no-clean`` keeps
+  everything. A run directory holding artifacts is never refused.
+- Resume is ``--ckpt.resume-step N`` (or ``[ckpt] resume_step`` in the trainer file):
+  resumes from exactly step N, same load failure when incomplete or missing; 0 means no
+  resume. ``--resume`` does not exist here: it is rejected like any unknown flag
+  (``unrecognized arguments``, exit 2), and so are ``--ckpt.*`` keys other than
+  ``interval``, ``resume-step``, ``keep`` and ``--wandb.*`` keys other than ``project``,
+  ``name``, ``offline`` (e.g. ``--wandb.entity``, ``--wandb.id``).
+- Any ``--ckpt.*`` flag creates the shared ``[ckpt]`` table, whose interval (default 50)
+  then replaces the files' ``[ckpt] interval``: ``--ckpt.resume-step N`` alone means
+  checkpoints every 50 steps. Without any ``--ckpt.*`` flag the trainer (else
+  orchestrator) file's ``[ckpt] interval`` applies; none means no checkpoints.
+- W&B run ids are per component: ``--trainer.wandb.id``, ``--orchestrator.wandb.id``.
+- ``--inference-gpu-ids`` must hold exactly ``dp * tp`` ids.
+- Logs are ``logs/{inference,orchestrator,trainer}.log``, appended to within a launch.
+- The launcher does not set ``PRL_RUN_ID`` (it passes on an inherited one).
+
+Both dialects: ``--dry-run`` validates and writes ``configs/`` only, without checking
+for artifacts; configs are written as JSON; a resume appends to ``metrics.jsonl`` (steps
+after the checkpoint may repeat), and so does a 2025-10 launch that cleaned the rest.
 
 Exit codes: 0 finished (or ``--dry-run``), 1 run failure / refused run directory /
-missing resume checkpoint, 2 invalid command line or config, 143 SIGTERM, 130 SIGINT.
+failed checkpoint load, 2 invalid command line or config, 143 SIGTERM, 130 SIGINT, -9
+(killed) with ``FAKE_RL_DIE_IN_CHECKPOINT_AT_STEP``.
 
 Environment controls (unset or empty means off):
 
 ``FAKE_RL_STEP_SECONDS=float``
     Duration of one training step (default 0.05).
+``FAKE_RL_CKPT_SECONDS=float``
+    Time between a checkpoint's shards and its ``.metadata`` (default 0.02).
 ``FAKE_RL_FAIL_AT_STEP=k``
     At step k the trainer writes a Python traceback ending in
     ``RuntimeError: CUDA error: an illegal memory access was encountered`` to its log,
-    the launcher prints a line naming the failed component (stdout and stderr) and
-    exits 1. Steps are absolute (a resumed run counts on from its checkpoint).
+    the launcher prints ``ERROR: trainer process failed with exit code 1 at step k``
+    (stdout and stderr) and exits 1. Steps are absolute (a resumed run counts on from
+    its checkpoint).
+``FAKE_RL_FAIL_AFTER_STEPS=k``
+    Fail the same way after k steps counted from where this launch started (at step
+    ``resume step + k + 1``), so every resumed attempt fails again.
+``FAKE_RL_FAIL_BEFORE_STEP=1``
+    Fail during startup, after ``All components started`` and before the first step:
+    the orchestrator log gets a traceback ending in
+    ``ModuleNotFoundError: No module named '<first env id, - as _>'``, the launcher prints
+    ``ERROR: orchestrator process failed with exit code 1 before step <first step>``
+    (stdout and stderr) and exits 1.
+``FAKE_RL_DIE_IN_CHECKPOINT_AT_STEP=k``
+    At step k's checkpoint (k must be a checkpoint step), write the orchestrator file and
+    the trainer shards, then SIGKILL the launcher's whole process group before
+    ``.metadata``, as a hard kill would. If the launcher does not lead its own process
+    group, only it and its children are killed.
+``FAKE_RL_SHUTDOWN_SECONDS=s``
+    On SIGTERM/SIGINT the launcher and its children take s seconds to exit: after
+    ``received SIG..., shutting down`` the launcher prints (and logs) ``waiting for
+    components to shut down (<t>s left)`` every 0.25 s, then ``shutdown complete``, then
+    stops its children and exits 143/130. Children signalled directly also live s
+    seconds more.
 ``FAKE_RL_HANG=1``
     After startup (banner, logs, children) hang forever; SIGTERM/SIGINT still work.
 ``FAKE_RL_HANG_AT_STEP=k``
@@ -50,9 +130,15 @@ Environment controls (unset or empty means off):
     The launcher and its children ignore SIGTERM (the launcher notes it on stderr);
     only SIGINT or SIGKILL stop it.
 ``FAKE_RL_RECORD=path``
-    Append one JSON object per invocation to ``path``:
-    ``{"argv": [...], "env": [sorted variable names, no values], "cwd": ..., "pid": ...}``.
-    Written first, even for invocations that then fail.
+    Append one JSON object per invocation to ``path``: ``{"argv": [...], "env": [sorted
+    names of the variables the launcher received, no values], "cwd": ..., "pid": ...,
+    "time": ..., "prl_run_id": ..., "wandb_ids": ...}``. ``prl_run_id`` is the
+    ``PRL_RUN_ID`` in effect for the launch (inherited, else generated in the current
+    dialect; null in 2025-10 when not inherited); ``wandb_ids`` is, in the 2025-10
+    dialect, ``{"trainer": ..., "orchestrator": ...}`` from ``--trainer.wandb.id`` /
+    ``--orchestrator.wandb.id`` (null when not given), and null in the current dialect
+    or when the argv cannot be parsed. No other variable's value is recorded. Written
+    first, even for invocations that then fail.
 ``FAKE_RL_CHILDREN=0``
     Do not spawn the per-component child processes.
 ``FAKE_RL_ORPHAN_LINGER=seconds``
@@ -72,6 +158,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,10 +175,24 @@ SECTIONS = ("trainer", "orchestrator", "inference")
 CONTROL_KEYS = ("resume", "clean", "dry_run")
 DEFAULT_MAX_STEPS = 10
 DEFAULT_STEP_SECONDS = 0.05
+DEFAULT_CKPT_SECONDS = 0.02
 DEFAULT_GPUS_PER_NODE = 8
+# prime-rl 2025-10: the shared [ckpt] table's interval default, applied to both components.
+LEGACY_CKPT_INTERVAL = 50
+# prime-rl 2025-10: the only keys its shared --ckpt.* / --wandb.* tables know.
+LEGACY_SHARED_KEYS = {
+    "ckpt": ("interval", "resume_step", "keep"),
+    "wandb": ("project", "name", "offline"),
+}
 POLL_SECONDS = 0.02
 CHILD_GRACE_SECONDS = 0.25
+SHUTDOWN_LOG_SECONDS = 0.25
+PROGRESS_SHARDS = 4
+PROGRESS_REDRAW_SECONDS = 0.01
+PROGRESS_LABEL = "Loading safetensors checkpoint shards"
 CUDA_ERROR = "RuntimeError: CUDA error: an illegal memory access was encountered"
+DCP_METADATA = ".metadata"
+VENV = "/app/.venv/lib/python3.12/site-packages"
 
 INT_RE = re.compile(r"[+-]?(0|[1-9](_?\d)*)")
 FLOAT_RE = re.compile(r"[+-]?(\d(_?\d)*)(\.\d(_?\d)*)?([eE][+-]?\d(_?\d)*)?")
@@ -99,20 +200,30 @@ STEP_DIR_RE = re.compile(r"step_(\d+)")
 ATTEMPT_DIR_RE = re.compile(r"attempt_(\d+)")
 
 # Idle stand-in for a component process. It reports "ready" once its signal dispositions are
-# set, dies on SIGTERM/SIGINT like a real one and, if its launcher dies without reaping it,
-# lingers as an orphan for a while.
+# set, dies on SIGTERM/SIGINT like a real one (or, with FAKE_RL_SHUTDOWN_SECONDS, that long
+# after the first one) and, if its launcher dies without reaping it, lingers as an orphan
+# for a while.
 CHILD_SOURCE = """\
 import os, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_DFL)
+shutdown = float(os.environ.get("FAKE_RL_SHUTDOWN_SECONDS") or 0)
+exit_at = []
+def slow_exit(signum, frame):
+    if not exit_at:
+        exit_at.append(time.monotonic() + shutdown)
+signal.signal(signal.SIGINT, slow_exit if shutdown > 0 else signal.SIG_DFL)
 if os.environ.get("FAKE_RL_CHILD_IGNORE_SIGTERM") == "1":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+elif shutdown > 0:
+    signal.signal(signal.SIGTERM, slow_exit)
 os.write(1, b"ready\\n")
 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
 parent = os.getppid()
 linger = float(os.environ.get("FAKE_RL_ORPHAN_LINGER") or 30)
 orphaned_at = None
 while True:
-    time.sleep(0.1)
+    time.sleep(0.02 if exit_at else 0.1)
+    if exit_at and time.monotonic() >= exit_at[0]:
+        sys.exit(0)
     if orphaned_at is None:
         if os.getppid() != parent:
             orphaned_at = time.monotonic()
@@ -368,6 +479,18 @@ def _common(cfg: dict[str, Any]) -> dict[str, Any]:
         max_steps = get_nested(cfg, "orchestrator.max_steps")
     if max_steps is None:
         max_steps = get_nested(cfg, "trainer.max_steps", DEFAULT_MAX_STEPS)
+    lr = get_nested(cfg, "trainer.optim.lr", 1e-6)
+    if isinstance(lr, bool) or not isinstance(lr, int | float):
+        raise UsageError(f"trainer.optim.lr must be a number, got {lr!r}")
+    return {
+        "max_steps": _int(max_steps, "max_steps", minimum=0),
+        "dry_run": cfg.get("dry_run") is True,
+        "lr": float(lr),
+    }
+
+
+def _current_controls(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint interval, resume and clean as the ``current`` dialect reads them."""
     interval = get_nested(cfg, "ckpt.interval")
     if interval is None:
         interval = get_nested(cfg, "trainer.ckpt.interval")
@@ -375,21 +498,65 @@ def _common(cfg: dict[str, Any]) -> dict[str, Any]:
         interval = get_nested(cfg, "orchestrator.ckpt.interval")
     resume = cfg.get("resume", False)
     resume_step = resume.get("step") if isinstance(resume, dict) else None
-    lr = get_nested(cfg, "trainer.optim.lr", 1e-6)
-    if isinstance(lr, bool) or not isinstance(lr, int | float):
-        raise UsageError(f"trainer.optim.lr must be a number, got {lr!r}")
-    common: dict[str, Any] = {
-        "max_steps": _int(max_steps, "max_steps", minimum=0),
+    controls: dict[str, Any] = {
         "ckpt_interval": None if interval is None else _int(interval, "ckpt.interval"),
         "resume": resume is True or isinstance(resume, dict),
         "resume_step": None if resume_step is None else _int(resume_step, "resume.step", 0),
         "clean": cfg.get("clean") is True,
-        "dry_run": cfg.get("dry_run") is True,
-        "lr": float(lr),
     }
-    if common["resume"] and common["clean"]:
+    if controls["resume"] and controls["clean"]:
         raise UsageError("--resume and --clean are mutually exclusive")
-    return common
+    return controls
+
+
+def _reject_unknown_legacy_flags(cfg: dict[str, Any]) -> None:
+    """prime-rl 2025-10 parses flags strictly: keys its config lacks are argparse errors."""
+    if "resume" in cfg:
+        raise UsageError(
+            "unrecognized arguments: --resume (this dialect resumes with --ckpt.resume-step N)"
+        )
+    for table, known in LEGACY_SHARED_KEYS.items():
+        value = cfg.get(table)
+        if not isinstance(value, dict):
+            continue
+        for key in value:
+            if key not in known:
+                raise UsageError(f"unrecognized arguments: --{table}.{key.replace('_', '-')}")
+
+
+def _legacy_controls(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint interval, resume and clean as the ``2025-10`` dialect reads them.
+
+    Any ``--ckpt.*`` flag creates the shared [ckpt] table, and prime-rl then copies its
+    interval (default 50) over the trainer's and orchestrator's own: a resume flag alone
+    changes the checkpoint interval. A resume step of 0 means no resume (a truthiness test).
+    """
+    shared = cfg.get("ckpt")
+    if isinstance(shared, dict):
+        interval: Any = _int(shared.get("interval") or LEGACY_CKPT_INTERVAL, "ckpt.interval")
+        resume_step = shared.get("resume_step") or get_nested(cfg, "trainer.ckpt.resume_step")
+    else:
+        interval = get_nested(cfg, "trainer.ckpt.interval")
+        if interval is None:
+            interval = get_nested(cfg, "orchestrator.ckpt.interval")
+        if interval is not None:
+            interval = _int(interval, "ckpt.interval")
+        resume_step = get_nested(cfg, "trainer.ckpt.resume_step")
+    step = _int(resume_step, "ckpt.resume_step", 0) if resume_step is not None else 0
+    for section in ("trainer", "orchestrator"):
+        if interval is not None:
+            set_nested(cfg, [section, "ckpt", "interval"], interval)
+        if step:
+            set_nested(cfg, [section, "ckpt", "resume_step"], step)
+    clean = cfg.get("clean", True)
+    if not isinstance(clean, bool):
+        raise UsageError(f"clean must be a boolean, got {clean!r}")
+    return {
+        "ckpt_interval": interval,
+        "resume": step > 0,
+        "resume_step": step or None,
+        "clean": clean,
+    }
 
 
 def resolve_current(cfg: dict[str, Any]) -> Plan:
@@ -447,10 +614,12 @@ def resolve_current(cfg: dict[str, Any]) -> Plan:
         wandb_project=_optional_str(get_nested(cfg, "monitors.wandb.project")),
         wandb_name=_optional_str(get_nested(cfg, "monitors.wandb.name")),
         **_common(cfg),
+        **_current_controls(cfg),
     )
 
 
 def resolve_2025_10(cfg: dict[str, Any]) -> Plan:
+    _reject_unknown_legacy_flags(cfg)
     trainer_ids = _gpu_ids(cfg.setdefault("trainer_gpu_ids", [0]), "--trainer-gpu-ids")
     inference_ids = _gpu_ids(cfg.setdefault("inference_gpu_ids", [1]), "--inference-gpu-ids")
     cfg["trainer_gpu_ids"], cfg["inference_gpu_ids"] = trainer_ids, inference_ids
@@ -481,6 +650,7 @@ def resolve_2025_10(cfg: dict[str, Any]) -> Plan:
         wandb_project=_optional_str(get_nested(cfg, "wandb.project")),
         wandb_name=wandb_name,
         **_common(cfg),
+        **_legacy_controls(cfg),
     )
 
 
@@ -502,7 +672,12 @@ def sub_configs(plan: Plan) -> dict[str, dict[str, Any]]:
 @dataclass
 class Settings:
     step_seconds: float
+    ckpt_seconds: float
+    shutdown_seconds: float
     fail_at: int | None
+    fail_after: int | None
+    fail_before: bool
+    die_in_ckpt_at: int | None
     hang: bool
     hang_at: int | None
     ignore_sigterm: bool
@@ -526,15 +701,23 @@ def env_int(name: str) -> int | None:
         raise UsageError(f"{name} must be an integer, got {value!r}") from None
 
 
-def read_settings() -> Settings:
-    raw = os.environ.get("FAKE_RL_STEP_SECONDS", "").strip()
+def env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
     try:
-        step_seconds = float(raw) if raw else DEFAULT_STEP_SECONDS
+        return max(0.0, float(raw)) if raw else default
     except ValueError:
-        raise UsageError(f"FAKE_RL_STEP_SECONDS must be a number, got {raw!r}") from None
+        raise UsageError(f"{name} must be a number, got {raw!r}") from None
+
+
+def read_settings() -> Settings:
     return Settings(
-        step_seconds=max(0.0, step_seconds),
+        step_seconds=env_seconds("FAKE_RL_STEP_SECONDS", DEFAULT_STEP_SECONDS),
+        ckpt_seconds=env_seconds("FAKE_RL_CKPT_SECONDS", DEFAULT_CKPT_SECONDS),
+        shutdown_seconds=env_seconds("FAKE_RL_SHUTDOWN_SECONDS", 0.0),
         fail_at=env_int("FAKE_RL_FAIL_AT_STEP"),
+        fail_after=env_int("FAKE_RL_FAIL_AFTER_STEPS"),
+        fail_before=env_flag("FAKE_RL_FAIL_BEFORE_STEP"),
+        die_in_ckpt_at=env_int("FAKE_RL_DIE_IN_CHECKPOINT_AT_STEP"),
         hang=env_flag("FAKE_RL_HANG"),
         hang_at=env_int("FAKE_RL_HANG_AT_STEP"),
         ignore_sigterm=env_flag("FAKE_RL_IGNORE_SIGTERM"),
@@ -542,16 +725,43 @@ def read_settings() -> Settings:
     )
 
 
-def record_invocation(argv: Sequence[str]) -> None:
+@dataclass(frozen=True)
+class Identity:
+    """The run identity a launch's components see (what FAKE_RL_RECORD reports)."""
+
+    prl_run_id: str | None
+    wandb_ids: dict[str, str | None] | None
+
+
+def run_identity(argv: Sequence[str]) -> Identity:
+    """Set ``PRL_RUN_ID`` as prime-rl's current launcher does (``os.environ.setdefault`` with
+    a fresh uuid4 hex, inherited by every child); the 2025-10 launcher sets none and takes
+    W&B run ids per component from ``--trainer.wandb.id`` / ``--orchestrator.wandb.id``."""
+    try:
+        parsed = parse_argv(argv)
+    except UsageError:
+        return Identity(os.environ.get("PRL_RUN_ID"), None)
+    if parsed.dialect == "current":
+        return Identity(os.environ.setdefault("PRL_RUN_ID", uuid.uuid4().hex), None)
+    ids: dict[str, str | None] = {"trainer": None, "orchestrator": None}
+    for path, value in parsed.overrides:
+        if len(path) == 3 and path[0] in ids and path[1:] == ["wandb", "id"]:
+            ids[path[0]] = str(value)
+    return Identity(os.environ.get("PRL_RUN_ID"), ids)
+
+
+def record_invocation(argv: Sequence[str], env_names: list[str], identity: Identity) -> None:
     target = os.environ.get("FAKE_RL_RECORD")
     if not target:
         return
     entry = {
         "argv": list(argv),
-        "env": sorted(os.environ),
+        "env": env_names,
         "cwd": os.getcwd(),
         "pid": os.getpid(),
         "time": time.time(),
+        "prl_run_id": identity.prl_run_id,
+        "wandb_ids": identity.wandb_ids,
     }
     with open(target, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(entry) + "\n")
@@ -628,6 +838,15 @@ def say(message: str) -> None:
     _emit(message, sys.stdout)
 
 
+def say_raw(text: str) -> None:
+    """Write ``text`` to stdout as is (no newline added), flushed on its own."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def warn(message: str) -> None:
     _emit(message, sys.stderr)
 
@@ -663,10 +882,32 @@ def numbered_dirs(parent: Path, pattern: re.Pattern[str]) -> dict[int, Path]:
 
 
 def prepare_run_dir(plan: Plan) -> int:
-    """Check, clean and inspect the run directory; return the resume checkpoint step."""
+    """Check and clean the run directory; return the step to resume from (0: none)."""
     run_dir = plan.run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise LaunchError(f"Run directory {run_dir} exists and is not a directory")
+    if plan.dialect == "current":
+        _prepare_current(plan)
+    elif plan.clean:
+        _clean_legacy(plan)
+    if not plan.resume:
+        return 0
+    if plan.resume_step is not None:
+        return plan.resume_step  # loaded as named, complete or not (see Launcher)
+    # Bare --resume: the highest step folder, complete or not, as prime-rl picks it.
+    checkpoints = numbered_dirs(run_dir / "checkpoints", STEP_DIR_RE)
+    if not checkpoints:
+        warn(
+            f"WARNING: --resume given but no checkpoint found in {run_dir / 'checkpoints'}; "
+            "starting from step 1"
+        )
+        say("No checkpoint found, starting from step 1")
+        return 0
+    return max(checkpoints)
+
+
+def _prepare_current(plan: Plan) -> None:
+    run_dir = plan.run_dir
     existing = artifacts(run_dir)
     if existing and not (plan.resume or plan.clean):
         raise LaunchError(
@@ -679,25 +920,16 @@ def prepare_run_dir(plan: Plan) -> int:
             raise LaunchError(f"Refusing to --clean {resolved}")
         say(f"Cleaning run directory {run_dir}")
         shutil.rmtree(run_dir)
-    if not plan.resume:
-        return 0
-    checkpoints = numbered_dirs(run_dir / "checkpoints", STEP_DIR_RE)
-    if plan.resume_step is not None:
-        if plan.resume_step not in checkpoints:
-            available = ", ".join(str(s) for s in sorted(checkpoints)) or "none"
-            raise LaunchError(
-                f"Checkpoint for step {plan.resume_step} not found in {run_dir / 'checkpoints'} "
-                f"(available: {available})"
-            )
-        return plan.resume_step
-    if not checkpoints:
-        warn(
-            f"WARNING: --resume given but no checkpoint found in {run_dir / 'checkpoints'}; "
-            "starting from step 1"
-        )
-        say("No checkpoint found, starting from step 1")
-        return 0
-    return max(checkpoints)
+
+
+def _clean_legacy(plan: Plan) -> None:
+    """prime-rl 2025-10's default clean: logs and rollouts always, checkpoints unless resuming."""
+    doomed = ["logs", "rollouts"] if plan.resume else ["logs", "rollouts", "checkpoints"]
+    for name in doomed:
+        path = plan.run_dir / name
+        if path.exists():
+            say(f"Cleaning {path}")
+            shutil.rmtree(path)
 
 
 # --------------------------------------------------------------------------- logs
@@ -744,6 +976,11 @@ class ComponentLogs:
         prefix = "" if raw else time.strftime("%H:%M:%S ")
         fh = self.files[component]
         fh.write("".join(f"{prefix}{line}\n" for line in lines))
+        fh.flush()
+
+    def write_raw(self, component: str, text: str) -> None:
+        fh = self.files[component]
+        fh.write(text)
         fh.flush()
 
     def rank_write(self, rank: int, line: str, stderr: bool = False) -> None:
@@ -812,12 +1049,17 @@ class Launcher:
             self._start()
             if self.settings.hang:
                 self.stop.hang()
+            if self.resume_from and not self._checkpoint_complete(self.resume_from):
+                return self._fail_checkpoint_load(self.resume_from)
+            if self.settings.fail_before:
+                return self._fail_startup()
+            fail_at = self._fail_step()
             for step in range(self.resume_from + 1, self.plan.max_steps + 1):
                 say(f"Starting step {step}")
                 if self.settings.hang_at == step:
                     self.stop.hang()
                 self.stop.sleep(self.settings.step_seconds)
-                if self.settings.fail_at == step:
+                if step == fail_at:
                     return self._fail(step)
                 self._step(step)
             self._finish()
@@ -860,8 +1102,9 @@ class Launcher:
         logs.write(
             "inference",
             f"[inference] starting fake vLLM server on GPUs {ids} (tp={plan.tp}, dp={plan.dp})",
-            "[inference] server ready on port 8000",
         )
+        self._load_weights()
+        logs.write("inference", "[inference] server ready on port 8000")
         logs.write("orchestrator", f"[orchestrator] starting, max_steps={plan.max_steps}")
         logs.write("trainer", f"[trainer] starting on GPUs {trainer_ids}, lr={plan.lr:g}")
         for rank in range(len(logs.ranks)):
@@ -872,6 +1115,23 @@ class Launcher:
             logs.everywhere(f"resuming from checkpoint step {self.resume_from}")
         say("All components started")
         self.stop.check()
+
+    def _load_weights(self) -> None:
+        """A tqdm bar as vLLM draws it while loading weights: on stdout and in inference.log."""
+        logs = self._logs()
+        total = PROGRESS_SHARDS
+        for done in range(total + 1):
+            rate = " 1.50it/s" if done else "?it/s"
+            left = f"00:{total - done:02d}" if done else "?"
+            bar = (
+                f"\r{PROGRESS_LABEL}: {100 * done // total:3d}% Completed | {done}/{total} "
+                f"[00:{done:02d}<{left}, {rate}]"
+            )
+            say_raw(bar)
+            logs.write_raw("inference", bar)
+            self.stop.sleep(PROGRESS_REDRAW_SECONDS)
+        say_raw("\n")
+        logs.write_raw("inference", "\n")
 
     def _step(self, step: int) -> None:
         plan, logs = self.plan, self._logs()
@@ -897,6 +1157,7 @@ class Launcher:
         self._write_rollouts(step, m)
         self._append_metrics(m)
         if plan.ckpt_interval and step % plan.ckpt_interval == 0:
+            logs.write("trainer", f"[trainer] saving checkpoint for step {step}")
             self._checkpoint(step)
             logs.write("trainer", f"[trainer] saved checkpoint for step {step}")
             logs.write("orchestrator", f"[orchestrator] saved checkpoint for step {step}")
@@ -911,28 +1172,87 @@ class Launcher:
         say(f"Completed {max(done, 0)} step(s); last step {self.plan.max_steps}")
         say("Training finished")
 
+    def _fail_step(self) -> int | None:
+        """The absolute step this launch fails at, if any."""
+        candidates = [self.settings.fail_at]
+        if self.settings.fail_after is not None:
+            candidates.append(self.resume_from + self.settings.fail_after + 1)
+        return min((s for s in candidates if s is not None), default=None)
+
     def _fail(self, step: int) -> int:
-        logs = self._logs()
+        self._logs().write("trainer", f"[trainer] step {step}: error during backward pass")
         traceback = [
             "Traceback (most recent call last):",
-            '  File "/app/prime-rl/src/prime_rl/trainer/rl/train.py", line 412, in train',
+            '  File "/app/src/prime_rl/trainer/rl/train.py", line 412, in train',
             "    loss.backward()",
-            '  File "/app/.venv/lib/python3.12/site-packages/torch/_tensor.py", line 626, '
-            "in backward",
+            f'  File "{VENV}/torch/_tensor.py", line 626, in backward',
             "    torch.autograd.backward(",
-            '  File "/app/.venv/lib/python3.12/site-packages/torch/autograd/__init__.py", '
-            "line 347, in backward",
+            f'  File "{VENV}/torch/autograd/__init__.py", line 347, in backward',
             "    _engine_run_backward(",
             CUDA_ERROR,
         ]
-        logs.write("trainer", f"[trainer] step {step}: error during backward pass")
-        logs.write("trainer", *traceback, raw=True)
-        for rank in range(len(logs.ranks)):
-            logs.rank_write(rank, "\n".join(traceback), stderr=True)
-        message = f"trainer process failed with exit code 1 at step {step}"
-        logs.write("orchestrator", f"[orchestrator] {message}; shutting down")
-        logs.write("inference", f"[inference] {message}; shutting down")
-        warn(f"ERROR: {message} (see {logs.path('trainer')})")
+        return self._component_failed("trainer", traceback, f"at step {step}")
+
+    def _fail_checkpoint_load(self, step: int) -> int:
+        """A torch DCP load of a step folder without ``.metadata``, as the trainer hits it."""
+        metadata = self._trainer_ckpt_dir(step).resolve() / DCP_METADATA
+        dcp = f"{VENV}/torch/distributed/checkpoint"
+        traceback = [
+            "Traceback (most recent call last):",
+            '  File "/app/src/prime_rl/trainer/rl/train.py", line 168, in train',
+            "    ckpt_manager.load(model, [optimizer], scheduler, progress, step=resume_step)",
+            '  File "/app/src/prime_rl/trainer/ckpt.py", line 131, in load',
+            "    dcp.load(state_dict, checkpoint_id=ckpt_path)",
+            f'  File "{dcp}/state_dict_loader.py", line 176, in _load_state_dict',
+            '    central_plan: LoadPlan = distW.reduce_scatter("plan", local_step, global_step)',
+            f'  File "{dcp}/utils.py", line 198, in reduce_scatter',
+            "    raise final_result",
+            "torch.distributed.checkpoint.api.CheckpointException: "
+            "CheckpointException ranks:dict_keys([0])",
+            "Traceback (most recent call last): (RANK 0)",
+            f'  File "{dcp}/utils.py", line 171, in reduce_scatter',
+            "    local_data = map_fun()",
+            f'  File "{dcp}/state_dict_loader.py", line 161, in local_step',
+            "    metadata = storage_reader.read_metadata()",
+            f'  File "{dcp}/filesystem.py", line 693, in read_metadata',
+            '    with self.fs.create_stream(path, "rb") as metadata_file:',
+            f"FileNotFoundError: [Errno 2] No such file or directory: '{metadata}'",
+        ]
+        self._logs().write("trainer", f"[trainer] loading checkpoint for step {step}")
+        return self._component_failed("trainer", traceback, f"while loading checkpoint step {step}")
+
+    def _fail_startup(self) -> int:
+        """The orchestrator dies before the first step, e.g. its environment is not installed."""
+        envs = get_nested(self.plan.config, "orchestrator.env")
+        if isinstance(envs, list) and envs and isinstance(envs[0], dict):
+            env_id = str(envs[0].get("id", "environment"))
+        else:
+            env_id = str(get_nested(self.plan.config, "orchestrator.environment.id", "environment"))
+        module = env_id.replace("-", "_")
+        traceback = [
+            "Traceback (most recent call last):",
+            '  File "/app/src/prime_rl/orchestrator/orchestrator.py", line 95, in orchestrate',
+            "    env = load_environment(config.env)",
+            f'  File "{VENV}/verifiers/utils/env_utils.py", line 23, in load_environment',
+            "    module = importlib.import_module(module_name)",
+            '  File "/usr/lib/python3.12/importlib/__init__.py", line 90, in import_module',
+            "    return _bootstrap._gcd_import(name[level:], package, level)",
+            f"ModuleNotFoundError: No module named '{module}'",
+        ]
+        when = f"before step {self.resume_from + 1}"
+        return self._component_failed("orchestrator", traceback, when)
+
+    def _component_failed(self, component: str, traceback: list[str], when: str) -> int:
+        logs = self._logs()
+        logs.write(component, *traceback, raw=True)
+        if component == "trainer":
+            for rank in range(len(logs.ranks)):
+                logs.rank_write(rank, "\n".join(traceback), stderr=True)
+        message = f"{component} process failed with exit code 1 {when}"
+        for other in COMPONENTS:
+            if other != component:
+                logs.write(other, f"[{other}] {message}; shutting down")
+        warn(f"ERROR: {message} (see {logs.path(component)})")
         say(f"ERROR: {message}")
         return 1
 
@@ -943,7 +1263,21 @@ class Launcher:
         say(message)
         if self.logs is not None:
             self.logs.everywhere(message)
+        self._linger(self.settings.shutdown_seconds)
         return 128 + signum
+
+    def _linger(self, seconds: float) -> None:
+        """A slow shutdown (FAKE_RL_SHUTDOWN_SECONDS): keep logging until it is over."""
+        if seconds <= 0:
+            return
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            line = f"waiting for components to shut down ({remaining:.2f}s left)"
+            say(line)
+            if self.logs is not None:
+                self.logs.everywhere(line)
+            time.sleep(min(SHUTDOWN_LOG_SECONDS, remaining))
+        say("shutdown complete")
 
     # ---- helpers
 
@@ -994,6 +1328,15 @@ class Launcher:
                 child.kill()
                 child.wait()
 
+    def _hard_kill(self) -> None:
+        """SIGKILL everything, as a node loss or an expired grace period would."""
+        if os.getpgrp() == os.getpid():
+            os.killpg(0, signal.SIGKILL)
+        else:  # the caller shares our process group: never kill the caller
+            for child in self.children:
+                child.kill()
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def _write_rollouts(self, step: int, m: StepMetrics) -> None:
         rollout_dir = self.plan.run_dir / "rollouts" / f"step_{step}"
         rollout_dir.mkdir(parents=True, exist_ok=True)
@@ -1020,17 +1363,31 @@ class Launcher:
         with (self.plan.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 
+    def _trainer_ckpt_dir(self, step: int) -> Path:
+        return self.plan.run_dir / "checkpoints" / f"step_{step}" / "trainer"
+
+    def _checkpoint_complete(self, step: int) -> bool:
+        return (self._trainer_ckpt_dir(step) / DCP_METADATA).is_file()
+
     def _checkpoint(self, step: int) -> None:
-        """Write ``checkpoints/step_N`` atomically (temp dir + rename)."""
-        ckpt_root = self.plan.run_dir / "checkpoints"
-        final = ckpt_root / f"step_{step}"
-        tmp = ckpt_root / f".step_{step}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_json(tmp / "trainer" / "state.json", {"step": step, "lr": self.plan.lr})
-        write_json(tmp / "orchestrator" / "progress.json", {"step": step})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        """Write ``checkpoints/step_N`` the way torch DCP does: shards first, ``.metadata``
+        last, so a kill or a signal in between leaves the step folder incomplete."""
+        trainer = self._trainer_ckpt_dir(step)
+        step_dir = trainer.parent
+        shutil.rmtree(step_dir, ignore_errors=True)
+        orchestrator = step_dir / "orchestrator"
+        orchestrator.mkdir(parents=True)
+        (orchestrator / "progress.pt").write_bytes(f"fake progress step={step}\n".encode())
+        trainer.mkdir()
+        for rank in range(len(self.plan.trainer_gpus)):
+            shard = f"fake DCP shard rank={rank} step={step} lr={self.plan.lr}\n"
+            (trainer / f"__{rank}_0.distcp").write_bytes(shard.encode())
+        if self.settings.die_in_ckpt_at == step:
+            self._hard_kill()
+        self.stop.sleep(self.settings.ckpt_seconds)
+        tmp = trainer / f"{DCP_METADATA}.tmp"
+        tmp.write_text(json.dumps({"step": step, "ranks": len(self.plan.trainer_gpus)}) + "\n")
+        os.replace(tmp, trainer / DCP_METADATA)
 
 
 # --------------------------------------------------------------------------- main
@@ -1044,7 +1401,8 @@ def resolve(argv: Sequence[str]) -> tuple[Plan, Settings]:
 
 
 def main(argv: Sequence[str]) -> int:
-    record_invocation(argv)
+    received = sorted(os.environ)  # before PRL_RUN_ID is defaulted: what the caller passed
+    record_invocation(argv, received, run_identity(argv))
     if "-h" in argv or "--help" in argv:
         say(USAGE)
         return 0
@@ -1058,6 +1416,8 @@ def main(argv: Sequence[str]) -> int:
         warn(USAGE)
         warn(f"rl: error: {exc}")
         return 2
+    if plan.dialect == "current":
+        os.environ["PRL_RUN_NAME"] = plan.run_name
     if plan.dry_run:
         config_dir = write_configs(plan)
         say(f"Dry run OK: wrote resolved configs to {config_dir.resolve()}")
