@@ -71,7 +71,7 @@ def checkout(tmp_path: Path) -> Path:
     current = root / "configs" / "basic" / "reverse-text" / "rl.toml"
     current.parent.mkdir(parents=True)
     current.write_text("max_steps = 8\n")
-    legacy = root / "configs" / "hendrycks_math" / "1b"
+    legacy = root / "configs" / "hendrycks_math" / "1b" / "rl"
     legacy.mkdir(parents=True)
     for name in ("train", "orch", "infer"):
         (legacy / f"{name}.toml").write_text("max_steps = 6\n" if name == "orch" else "")
@@ -119,8 +119,8 @@ def modal_env(fake_modal: Any, checkout: Path, fast_fake: Path) -> Any:
     fake_modal.secrets["wandb"] = {"WANDB_API_KEY": SENTINEL}
     fake_modal.secrets["huggingface"] = {"HF_TOKEN": "hf-not-a-real-token"}
     fake_modal.grace_s = 10
+    fake_modal.mount_env = {"PRM_OUTPUTS_DIR": "/outputs"}
     fake_modal.extra_env = {
-        "PRM_OUTPUTS_DIR": str(fake_modal.volume_path("prime-rl-outputs")),
         "PRM_WORKDIR": str(checkout),
         "PRM_LAUNCHER": json.dumps([sys.executable, str(FAKE_RL)]),
         "FAKE_RL_STEP_SECONDS": "0.03",

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from primerl_modal.core.gpu_plan import plan_gpus, split
-from primerl_modal.core.gpus import catalogue
+from primerl_modal.core.gpus import catalogue, default_resources
 from primerl_modal.errors import PlanError, PrmError
 
 CAT = catalogue()
@@ -79,3 +79,18 @@ def test_price_override_changes_price_only():
     cat = catalogue({"h100": 3.0})
     assert cat.get("H100").usd_per_hour == 3.0
     assert cat.get("H200").usd_per_hour == 4.54
+
+
+def test_cpu_and_memory_prices_are_overridden_like_gpu_prices():
+    cat = catalogue({"cpu": 0.05, "Memory": 0.01, "H100": 3.0})
+    assert (cat.usd_per_core_hour, cat.usd_per_gib_hour) == (0.05, 0.01)
+    assert cat.get("H100").usd_per_hour == 3.0
+    default = catalogue()
+    assert (default.usd_per_core_hour, default.usd_per_gib_hour) == (0.04716, 0.007992)
+    with pytest.raises(PrmError, match="non-negative"):
+        catalogue({"CPU": -1})
+
+
+@pytest.mark.parametrize(("count", "cpu", "memory_mb"), [(2, 8.0, 32768), (8, 32.0, 131072)])
+def test_default_reservation_grows_with_the_gpus(count, cpu, memory_mb):
+    assert default_resources(count) == (cpu, memory_mb)

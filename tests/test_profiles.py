@@ -117,6 +117,9 @@ def test_secret_looking_env_is_refused(search, tmp_path):
         ("overrides.gpu.x=1", "overrides.gpu.x", 1),
         ("env.HF_HUB_ENABLE_HF_TRANSFER=1", "env.HF_HUB_ENABLE_HF_TRANSFER", 1),
         ("wandb.project=\"my proj\"", "wandb.project", "my proj"),
+        ("prime_rl.image=ghcr.io/o/prime-rl:commit-abc-amd64", "prime_rl.image",
+         "ghcr.io/o/prime-rl:commit-abc-amd64"),
+        ("prime_rl.uv-version=0.11.1", "prime_rl.uv_version", "0.11.1"),
     ],
 )
 def test_parse_set(item, key, value):
@@ -152,3 +155,14 @@ def test_local_config_paths_are_anchored_to_the_file_that_names_them(search, tmp
     assert r.get("prime_rl.config") == str(tmp_path / "exps" / "rl.toml")
     r2 = resolve(str(p), search, [parse_set('prime_rl.config="configs/x/rl.toml"')])
     assert r2.get("prime_rl.config") == "configs/x/rl.toml"  # inside the prime-rl checkout
+
+
+def test_a_prebuilt_image_is_a_reference_not_a_local_path(search, tmp_path):
+    tag = "ghcr.io/primeintellect-ai/prime-rl:commit-abc-amd64"
+    p = write(tmp_path / "exps" / "t.toml", f'[prime_rl]\nimage = "{tag}"\n')
+    assert resolve(str(p), search).get("prime_rl.image") == tag
+    r = resolve(str(p), search, [parse_set("prime_rl.image=ghcr.io/x/y:z")])
+    assert r.get("prime_rl.image") == "ghcr.io/x/y:z"
+    bad = write(tmp_path / "bad.toml", "[prime_rl]\nimage = 3\n")
+    with pytest.raises(ProfileError, match=r"\[prime_rl\] image must be a string"):
+        resolve(str(bad), search)

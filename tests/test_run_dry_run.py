@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from primerl_modal.core.run_id import is_run_id
+from primerl_modal.core.schema import UV_VERSION
 
 
 def test_default_profile_is_reverse_text_on_two_gpus(prm):
@@ -24,11 +26,55 @@ def test_json_plan_has_the_documented_keys(prm):
     assert set(plan["gpu"]) >= {"type", "count", "trainer", "inference", "tp", "dp",
                                 "trainer_gpu_ids", "inference_gpu_ids"}
     assert plan["gpu"]["trainer"] == 1 and plan["gpu"]["inference"] == 1
-    assert plan["argv"][:3] == ["uv", "run", "rl"]
+    assert plan["argv"][0] == "/opt/prime-rl/.venv/bin/rl"  # installed: no re-sync at start
     assert plan["secrets"] == ["wandb", "huggingface"]
     assert plan["volumes"] == {"/outputs": "prime-rl-outputs", "/cache": "prime-rl-cache"}
-    assert set(plan["cost"]) == {"per_hour_usd", "max_usd"}
+    assert set(plan["cost"]) == {"per_hour_usd", "max_usd", "per_hour_breakdown_usd"}
     assert is_run_id(plan["run_id"])
+
+
+def test_reverse_text_installs_like_prime_rl_and_reserves_cpu_and_memory(prm):
+    plan = prm("run", "reverse-text", "--dry-run", "--json").json()
+    image = plan["image"]
+    assert (image["source"], image["uv"], image["prebuilt"]) == ("build", UV_VERSION, None)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", image["uv"])
+    assert f"RUN python -m pip install --no-cache-dir uv=={UV_VERSION}" in image["steps"]
+    assert ("RUN cd /opt/prime-rl && uv sync --all-extras --all-packages --locked --no-dev"
+            in image["steps"])
+    sync = next(i for i, s in enumerate(image["steps"]) if "uv sync" in s)
+    assert {"ENV UV_COMPILE_BYTECODE=1", "ENV UV_LINK_MODE=copy", "ENV UV_NO_CACHE=1"} <= set(
+        image["steps"][:sync])
+    assert (plan["cpu"], plan["memory_mb"]) == (8.0, 32768)  # 2 GPUs x (4 cores, 16 GiB)
+    parts = plan["cost"]["per_hour_breakdown_usd"]
+    assert parts == {"gpu": 4.2, "cpu": 0.3773, "memory": 0.2557}
+    assert plan["cost"]["per_hour_usd"] == pytest.approx(sum(parts.values()), abs=1e-4)
+    assert plan["env"]["HF_HUB_ETAG_TIMEOUT"] == "500"
+    assert plan["env"]["HF_HUB_DOWNLOAD_TIMEOUT"] == "300"
+
+
+def test_a_prebuilt_image_builds_nothing_and_runs_from_app(prm):
+    tag = "ghcr.io/primeintellect-ai/prime-rl:commit-559b44772e471d1538537b8805cc77f3824a5e64-amd64"
+    r = prm("run", "reverse-text", "--dry-run", "--json", "--set", f"prime_rl.image={tag}")
+    assert r.code == 0, r.err
+    plan = r.json()
+    assert plan["image"]["source"] == "prebuilt" and plan["image"]["prebuilt"] == tag
+    assert plan["image"]["steps"] == []
+    assert plan["workdir"] == "/app" and plan["argv"][0] == "/app/.venv/bin/rl"
+    assert plan["warnings"] == []
+    text = prm("run", "reverse-text", "--dry-run", "--set", f"prime_rl.image={tag}").out
+    assert "nothing is built" in text
+
+
+def test_hendrycks_2025_10_pins_the_commit_its_three_files_come_from(prm):
+    plan = prm("run", "hendrycks-math-1b-2025-10", "--dry-run", "--json").json()
+    assert plan["image"]["ref"] == "376e295f4c6371a424e4ae5e018510488e4b0354"
+    assert re.fullmatch(r"[0-9a-f]{40}", plan["image"]["ref"])
+    assert plan["configs"] == {
+        "trainer_config": "configs/hendrycks_math/1b/rl/train.toml",
+        "orchestrator_config": "configs/hendrycks_math/1b/rl/orch.toml",
+        "inference_config": "configs/hendrycks_math/1b/rl/infer.toml",
+    }
+    assert plan["warnings"] == []
 
 
 @pytest.mark.parametrize(
@@ -67,9 +113,9 @@ def test_current_argv_carries_the_plan(prm):
 def test_original_script_flags_are_accepted(prm):
     plan = prm(
         "run", "--dry-run", "--json",
-        "--trainer-config", "configs/hendrycks_math/1b/train.toml",
-        "--orchestrator-config", "configs/hendrycks_math/1b/orch.toml",
-        "--inference-config", "configs/hendrycks_math/1b/infer.toml",
+        "--trainer-config", "configs/hendrycks_math/1b/rl/train.toml",
+        "--orchestrator-config", "configs/hendrycks_math/1b/rl/orch.toml",
+        "--inference-config", "configs/hendrycks_math/1b/rl/infer.toml",
         "--gpu-count", "8", "--trainer-gpu-ratio", "0.25", "--gpu-type", "H100",
         "--experiment-name", "math-1", "--use-local-code",
     ).json()
@@ -154,9 +200,10 @@ def test_bad_input_is_one_line_no_traceback(prm, profiles, args, code, needle):
 
 
 def test_prices_toml_overrides_cost(prm, prm_home):
-    (prm_home / "prices.toml").write_text("A100-40GB = 1.0\n")
+    (prm_home / "prices.toml").write_text("A100-40GB = 1.0\nCPU = 0.5\nmemory = 0.25\n")
     plan = prm("run", "--dry-run", "--json").json()
-    assert plan["cost"]["per_hour_usd"] == 2.0
+    assert plan["cost"]["per_hour_breakdown_usd"] == {"gpu": 2.0, "cpu": 4.0, "memory": 8.0}
+    assert plan["cost"]["per_hour_usd"] == 14.0
 
 
 def test_profile_from_prm_home(prm, prm_home):

@@ -24,6 +24,7 @@ def test_shipped_profile_plans(prm, name):
     r = prm("run", name, "--dry-run", "--json")
     assert r.code == 0, r.err
     assert r.json()["profile"] == name
+    assert r.json()["warnings"] == []  # every shipped ref is a full commit
 
 
 def test_hendrycks_sanity_is_4_plus_4_on_8():
@@ -37,6 +38,7 @@ def test_hendrycks_sanity_is_4_plus_4_on_8():
 def test_example_plans(prm, path):
     r = prm("run", str(path), "--dry-run", "--json")
     assert r.code == 0, r.err
+    assert r.json()["warnings"] == []
 
 
 def test_configs_dir_is_the_shipped_profiles():

@@ -12,10 +12,12 @@ from primerl_modal.errors import PrmError
 
 
 def to_modal_image(spec: ImageSpec) -> modal.Image:
-    image = modal.Image.from_registry(spec.base, add_python=spec.python).apt_install(*spec.apt)
-    for layer in spec.layers:
-        image = image.run_commands(" && ".join(layer))
-    image = image.env(dict(spec.env)).workdir(spec.workdir)
+    image = modal.Image.from_registry(spec.base, add_python=spec.python)
+    if not spec.prebuilt:
+        image = image.apt_install(*spec.apt).env(dict(spec.env))
+        for layer in spec.layers:
+            image = image.run_commands(" && ".join(layer))
+        image = image.workdir(spec.workdir)
     # Attached at container start (copy=False): editing them rebuilds nothing.
     for local, remote in spec.overlays:
         image = image.add_local_dir(local, remote, copy=False, ignore=list(OVERLAY_IGNORE))

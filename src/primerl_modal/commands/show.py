@@ -75,6 +75,23 @@ def _next_steps(run_id: str, status: str) -> list[str]:
     return steps
 
 
+def _resumed_from(attempt: dict[str, Any]) -> str:
+    if not attempt.get("resumed"):
+        return "-"
+    step = attempt.get("resumed_from")
+    return f"step {step}" if step is not None else "start (no complete checkpoint)"
+
+
+def _attempt_note(attempt: dict[str, Any]) -> str:
+    """Why an attempt ended, where its outcome alone does not say."""
+    if attempt.get("preempted"):
+        return f"preempted ({attempt.get('signal', 'signal')})"
+    if attempt.get("outcome") == "KILLED":
+        return ("killed after " + attempt["signal"] if attempt.get("signal")
+                else "killed without notice (a crash or out of memory): counted as a failure")
+    return ""
+
+
 def _when(t: float | None) -> str:
     return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -103,14 +120,14 @@ def _render(d: dict[str, Any]) -> None:
                   f"   {metric} {progress.get('value', '-')}"
                   f"   latest checkpoint {progress.get('ckpt_step') or 'none'}", highlight=False)
     attempts = Table(title="attempts", title_justify="left", box=None, header_style="bold")
-    for col in ("#", "started", "ended", "took", "outcome", "exit", "resumed"):
+    for col in ("#", "started", "ended", "took", "outcome", "exit", "resumed from", "note"):
         attempts.add_column(col)
     for a in status.get("attempts", []):
         took = (format_duration(a["ended_at"] - a["started_at"])
                 if a.get("ended_at") and a.get("started_at") else "-")
         attempts.add_row(str(a["n"]), _when(a.get("started_at")), _when(a.get("ended_at")), took,
                          a.get("outcome", "running"), str(a.get("exit_code", "-")),
-                         "yes" if a.get("resumed") else "no")
+                         _resumed_from(a), _attempt_note(a))
     out.print(attempts)
     history = Table(title="status history", title_justify="left", box=None,
                     header_style="bold")

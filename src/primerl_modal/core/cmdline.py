@@ -6,6 +6,7 @@ Never a shell string: every value is its own argv element.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from primerl_modal.core.gpu_plan import GpuPlan
 from primerl_modal.errors import PlanError
 
-LAUNCHER = ("uv", "run", "rl")
+LAUNCHER = ("uv", "run", "rl")  # a user's own checkout (local backend): uv keeps it synced
 
 # prime-rl keys prm sets itself from the plan: overriding them would desynchronise the
 # GPU request, the run directory or the W&B name from what prm records.
@@ -39,7 +40,10 @@ _MANAGED = {
         "output_dir": "[modal] outputs_volume",
         "wandb.name": "experiment.name (the run id)",
         "wandb.project": "wandb.project",
+        "trainer.wandb.id": "experiment.name (W&B run ids derive from the run id)",
+        "orchestrator.wandb.id": "experiment.name (W&B run ids derive from the run id)",
         "ckpt.interval": "prime_rl.ckpt_interval",
+        "ckpt.resume_step": "prm run --resume RUN continues a run",
         "clean": "prm never wipes a run directory: delete it yourself if you must",
         "resume": "prm run --resume RUN continues a run",
     },
@@ -52,6 +56,19 @@ class Wandb:
     name: str
     entity: str | None = None
     group: str | None = None
+
+
+def venv_launcher(workdir: str) -> tuple[str, ...]:
+    """The installed checkout's own `rl` entry point: unlike `uv run rl` it never re-checks
+    the lock or re-syncs packages when a container starts."""
+    return (f"{workdir}/.venv/bin/rl",)
+
+
+def wandb_run_id(run_id: str, component: str = "") -> str:
+    """A W&B run id that is the same for every attempt and resume of ``run_id``: 32 lowercase
+    hex digits, the shape of the uuid4().hex prime-rl would pick itself, so it passes W&B's
+    rule (no / \\ # ? % :) and whatever else prime-rl hands PRL_RUN_ID to."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"prm:{run_id}:{component}").hex
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -112,18 +129,30 @@ def current_argv(
     argv += ["--inference.vllm.tensor-parallel-size", str(gpus.tp)]
     argv += ["--inference.vllm.data-parallel-size", str(gpus.dp)]
     argv += ["--output-dir", output_dir, "--run.name", run_id]
-    argv += _wandb_args("--monitors.wandb", wandb)
+    argv += _monitors_wandb_args(wandb)
     if ckpt_interval:
         argv += ["--ckpt.interval", str(ckpt_interval)]
     return argv + override_args(overrides, "current")
 
 
 def legacy_argv(
-    configs: tuple[str, str, str], gpus: GpuPlan, run_dir: str, wandb: Wandb,
+    configs: tuple[str, str, str], gpus: GpuPlan, run_id: str, run_dir: str, wandb: Wandb,
     ckpt_interval: int | None, overrides: Mapping[str, Any],
     launcher: tuple[str, ...] = LAUNCHER,
 ) -> list[str]:
-    """`rl` argv for dialect ``2025-10``: three files, GPU id lists, inference.parallel.*."""
+    """`rl` argv for dialect ``2025-10``: three files, GPU id lists, inference.parallel.*.
+
+    That launcher's shared [wandb] has only project, name and offline (entity and group
+    travel as WANDB_ENTITY / WANDB_RUN_GROUP, see ``legacy_wandb_env``); trainer and
+    orchestrator log to W&B runs of their own, each given a stable id so a resume continues
+    it. Raises PlanError for a --ckpt.* override without prime_rl.ckpt_interval.
+    """
+    if not ckpt_interval and any(k.startswith("ckpt.") for k, _ in flatten(overrides)):
+        raise PlanError(
+            "in dialect 2025-10 any --ckpt.* flag resets the config files' [ckpt] interval "
+            "to prime-rl's default of 50",
+            "set prime_rl.ckpt_interval too, so prm passes --ckpt.interval with it",
+        )
     trainer, orchestrator, inference = configs
     argv = [*launcher, "--trainer", "@", trainer, "--orchestrator", "@", orchestrator]
     argv += ["--inference", "@", inference]
@@ -131,16 +160,25 @@ def legacy_argv(
     argv += ["--inference-gpu-ids", ",".join(map(str, gpus.inference_gpu_ids))]
     argv += ["--inference.parallel.dp", str(gpus.dp), "--inference.parallel.tp", str(gpus.tp)]
     argv += ["--output-dir", run_dir]
-    argv += _wandb_args("--wandb", wandb)
+    argv += ["--wandb.project", wandb.project, "--wandb.name", wandb.name]
+    argv += ["--trainer.wandb.id", wandb_run_id(run_id, "trainer")]
+    argv += ["--orchestrator.wandb.id", wandb_run_id(run_id, "orchestrator")]
     if ckpt_interval:
         argv += ["--ckpt.interval", str(ckpt_interval)]
     return argv + override_args(overrides, "2025-10")
 
 
-def _wandb_args(prefix: str, wandb: Wandb) -> list[str]:
-    args = [f"{prefix}.project", wandb.project, f"{prefix}.name", wandb.name]
+def legacy_wandb_env(wandb: Wandb) -> dict[str, str]:
+    """Entity and group for dialect 2025-10, whose config has no field for them: the wandb
+    library reads these variables when wandb.init is not given them."""
+    env = {"WANDB_ENTITY": wandb.entity, "WANDB_RUN_GROUP": wandb.group}
+    return {k: v for k, v in env.items() if v}
+
+
+def _monitors_wandb_args(wandb: Wandb) -> list[str]:
+    args = ["--monitors.wandb.project", wandb.project, "--monitors.wandb.name", wandb.name]
     if wandb.entity:
-        args += [f"{prefix}.entity", wandb.entity]
+        args += ["--monitors.wandb.entity", wandb.entity]
     if wandb.group:
-        args += [f"{prefix}.group", wandb.group]
+        args += ["--monitors.wandb.group", wandb.group]
     return args

@@ -5,19 +5,20 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from primerl_modal.core import cmdline
-from primerl_modal.core.cost import Cost, estimate
+from primerl_modal.core.cost import Cost, cost_from_json, estimate
 from primerl_modal.core.durations import parse_duration
 from primerl_modal.core.gpu_plan import GpuPlan, plan_gpus
-from primerl_modal.core.gpus import Catalogue
+from primerl_modal.core.gpus import Catalogue, default_resources
+from primerl_modal.core.image_spec import image_spec
 from primerl_modal.core.profile import ResolvedProfile, is_local_path
 from primerl_modal.core.run_id import make_run_id
-from primerl_modal.core.schema import DIALECTS
+from primerl_modal.core.schema import DIALECTS, UV_VERSION
 from primerl_modal.errors import PlanError
 
 MAX_TIMEOUT_S = 24 * 3600
@@ -25,22 +26,43 @@ MAX_RETRIES = 10
 META_DIR = "_prm"  # prm's own files per run, beside (never inside) prime-rl's run dirs
 MAX_INPUT_BYTES = 1 << 20
 _COMMIT = re.compile(r"[0-9a-f]{7,40}")
+_FULL_COMMIT = re.compile(r"[0-9a-f]{40}")
+_PINNED_IMAGE = re.compile(r"@sha256:[0-9a-f]{64}$|:[^/@]*[0-9a-f]{7,40}[^/@]*$")
+BUILD_WORKDIR = "/opt/prime-rl"
+PREBUILT_WORKDIR = "/app"  # prime-rl's Dockerfile.cuda: WORKDIR /app, venv /app/.venv
+RUN_ID_ENV = "PRL_RUN_ID"
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a backend puts things: the outputs root and the prime-rl checkout."""
+    """Where a backend puts things: the outputs root, the prime-rl checkout, how prime-rl
+    is started there, and the environment every run of that backend gets."""
 
     backend: str
     outputs_root: str
     workdir: str
     launcher: tuple[str, ...] = cmdline.LAUNCHER
+    env: Mapping[str, str] = field(default_factory=dict)
 
     def meta_dir(self, run_id: str) -> str:
         return f"{self.outputs_root}/{META_DIR}/{run_id}"
 
 
-MODAL_LAYOUT = Layout(backend="modal", outputs_root="/outputs", workdir="/opt/prime-rl")
+# Given to the run's function rather than baked into the image, so a prebuilt image needs
+# no build step for them: caches on the /cache volume, prime-rl's Dockerfile's HF Hub
+# timeouts, and no re-sync by any `uv run` prime-rl itself spawns.
+MODAL_ENV = {
+    "HF_HOME": "/cache/huggingface",
+    "VLLM_CACHE_ROOT": "/cache/vllm",
+    "TORCHINDUCTOR_CACHE_DIR": "/cache/torchinductor",
+    "TRITON_CACHE_DIR": "/cache/triton",
+    "HF_HUB_ETAG_TIMEOUT": "500",
+    "HF_HUB_DOWNLOAD_TIMEOUT": "300",
+    "PYTHONUNBUFFERED": "1",
+    "UV_NO_SYNC": "1",
+}
+MODAL_LAYOUT = Layout(backend="modal", outputs_root="/outputs", workdir=BUILD_WORKDIR,
+                      launcher=cmdline.venv_launcher(BUILD_WORKDIR), env=MODAL_ENV)
 
 
 @dataclass(frozen=True)
@@ -83,9 +105,11 @@ class Plan:
     inputs: tuple[InputFile, ...]
     wandb: cmdline.Wandb
     region: str | None = None
-    cpu: float | None = None
+    cpu: float | None = None  # reserved on Modal (None: the backend does not reserve)
     memory_mb: int | None = None
     ckpt_interval: int | None = None
+    prebuilt_image: str | None = None  # prime-rl's published image, used instead of a build
+    uv_version: str = UV_VERSION
     pass_env: tuple[str, ...] = ()  # local variables sent as a per-run secret (names only)
     sweep_id: str | None = None
     warnings: tuple[str, ...] = ()
@@ -130,9 +154,8 @@ class Plan:
             "volumes": dict(self.volumes),
             "timeout_s": self.timeout_s,
             "retries": self.retries,
-            "cost": {"per_hour_usd": self.cost.per_hour_usd, "max_usd": self.cost.max_usd},
-            "image": {"base": self.base_image, "repo": self.repo, "ref": self.ref,
-                      "local_code": self.local_code},
+            "cost": self.cost.to_json(),
+            "image": self._image_json(),
             "configs": dict(self.configs),
             "inputs": [
                 {"role": i.role, "source": i.source, "path": i.path, "sha256": i.sha256}
@@ -150,6 +173,14 @@ class Plan:
             "warnings": list(self.warnings),
             "sources": dict(self.sources),
         }
+
+    def _image_json(self) -> dict[str, Any]:
+        """Which image runs and what building it takes (``steps``: none when prebuilt)."""
+        spec = image_spec(self)
+        return {"source": spec.source, "prebuilt": self.prebuilt_image,
+                "base": self.base_image, "repo": self.repo, "ref": self.ref,
+                "uv": self.uv_version, "local_code": self.local_code,
+                "steps": spec.build_steps()}
 
 
 def _input(role: str, local: str, meta_dir: str, read_text: Callable[[Path], str]) -> InputFile:
@@ -217,6 +248,10 @@ def build_plan(
         trainer=g("gpu.trainer"), inference=g("gpu.inference"),
         trainer_first=dialect == "2025-10",
     )
+    prebuilt = g("prime_rl.image")
+    ref = g("prime_rl.ref")
+    warnings = _image_warnings(layout.backend, prebuilt, ref)
+    layout = _image_layout(layout, prebuilt)
     meta_dir = layout.meta_dir(run_id)
     roles = ("config",) if dialect == "current" else (
         "trainer_config", "orchestrator_config", "inference_config")
@@ -237,25 +272,24 @@ def build_plan(
             configs[role] = value
     wandb = cmdline.Wandb(g("wandb.project"), run_id, g("wandb.entity"), g("wandb.group"))
     overrides = tables.get("overrides") or {}
+    ckpt_interval = g("prime_rl.ckpt_interval")
     if dialect == "current":
         argv = cmdline.current_argv(
             configs["config"], gpus, layout.outputs_root, run_id, wandb,
-            g("prime_rl.ckpt_interval"), overrides, layout.launcher,
+            ckpt_interval, overrides, layout.launcher,
         )
     else:
         three = (configs["trainer_config"], configs["orchestrator_config"],
                  configs["inference_config"])
-        argv = cmdline.legacy_argv(three, gpus, f"{layout.outputs_root}/{run_id}", wandb,
-                                   g("prime_rl.ckpt_interval"), overrides, layout.launcher)
-    ref = g("prime_rl.ref")
-    warnings = []
-    if not _COMMIT.fullmatch(ref):
-        warnings.append(
-            f"prime_rl.ref {ref!r} is not a commit: the image follows whatever it points to "
-            "when built, so runs are not reproducible; pin a commit hash"
-        )
-    env = {k: str(v).lower() if isinstance(v, bool) else str(v)
-           for k, v in (tables.get("env") or {}).items()}
+        argv = cmdline.legacy_argv(three, gpus, run_id, f"{layout.outputs_root}/{run_id}",
+                                   wandb, ckpt_interval, overrides, layout.launcher)
+        if not ckpt_interval and retries:
+            warnings.append(
+                "prime_rl.ckpt_interval is not set: a retry resumes with --ckpt.resume-step, "
+                "which resets the config files' [ckpt] interval to 50; set it to theirs"
+            )
+    env = _run_env(tables.get("env") or {}, layout, dialect, run_id, wandb)
+    cpu, memory_mb = _resources(layout.backend, gpus.count, g("modal.cpu"), g("modal.memory"))
     return Plan(
         run_id=run_id,
         backend=layout.backend,
@@ -275,7 +309,7 @@ def build_plan(
         volumes={"/outputs": g("modal.outputs_volume"), "/cache": g("modal.cache_volume")},
         timeout_s=timeout_s,
         retries=retries,
-        cost=estimate(gpus, timeout_s, retries),
+        cost=estimate(gpus, timeout_s, retries, catalogue, cpu, memory_mb),
         repo=g("prime_rl.repo"),
         ref=ref,
         base_image=g("modal.base_image"),
@@ -284,14 +318,86 @@ def build_plan(
         inputs=tuple(inputs),
         wandb=wandb,
         region=g("modal.region"),
-        cpu=g("modal.cpu"),
-        memory_mb=g("modal.memory"),
-        ckpt_interval=g("prime_rl.ckpt_interval"),
+        cpu=cpu,
+        memory_mb=memory_mb,
+        ckpt_interval=ckpt_interval,
+        prebuilt_image=prebuilt if layout.backend == "modal" else None,
+        uv_version=g("prime_rl.uv_version"),
         pass_env=tuple(dict.fromkeys(pass_env)),
         sweep_id=sweep_id,
         warnings=tuple(warnings),
         sources=dict(profile.sources),
     )
+
+
+def _image_warnings(backend: str, prebuilt: str | None, ref: str) -> list[str]:
+    """What makes the image unreproducible, or what the image settings do not do.
+
+    Raises PlanError for an abbreviated commit that Modal would have to fetch.
+    """
+    if backend != "modal":
+        return [f"prime_rl.image {prebuilt!r} is ignored: the {backend} backend runs your "
+                "own checkout"] if prebuilt else []
+    if prebuilt:
+        if re.search(r"\s", prebuilt):
+            raise PlanError(f"prime_rl.image {prebuilt!r} is not an image reference",
+                            "write it like ghcr.io/primeintellect-ai/prime-rl:commit-<sha>-amd64")
+        if _PINNED_IMAGE.search(prebuilt):
+            return []
+        return [f"prime_rl.image {prebuilt!r} names no commit or digest: Modal keeps the image "
+                "it pulled first, so runs are not reproducible; use a commit-<sha> tag"]
+    if not _COMMIT.fullmatch(ref):
+        return [f"prime_rl.ref {ref!r} is not a commit: the image follows whatever it points "
+                "to when built, so runs are not reproducible; pin a commit hash"]
+    if not _FULL_COMMIT.fullmatch(ref):
+        raise PlanError(f"prime_rl.ref {ref!r} is an abbreviated commit, which git cannot "
+                        "fetch shallow", "use the full 40-hex commit hash")
+    return []
+
+
+def _image_layout(layout: Layout, prebuilt: str | None) -> Layout:
+    """prime-rl's published image has its checkout at /app, not where prm builds one."""
+    if layout.backend != "modal" or not prebuilt:
+        return layout
+    return replace(layout, workdir=PREBUILT_WORKDIR,
+                   launcher=cmdline.venv_launcher(PREBUILT_WORKDIR))
+
+
+def _run_env(profile_env: Mapping[str, Any], layout: Layout, dialect: str, run_id: str,
+             wandb: cmdline.Wandb) -> dict[str, str]:
+    """The backend's environment, then [env], then the run's W&B identity (stable across
+    retries, preemptions and `prm run --resume`, so all of them log to the same W&B runs).
+
+    Raises PlanError when [env] sets the run id variable prm derives per run.
+    """
+    if RUN_ID_ENV in profile_env:
+        raise PlanError(f"[env] {RUN_ID_ENV} is set by prm for every run (W&B continues "
+                        "the same run with it)", f"remove {RUN_ID_ENV} from [env]")
+    env = dict(layout.env)
+    env.update((k, str(v).lower() if isinstance(v, bool) else str(v))
+               for k, v in profile_env.items())
+    if dialect == "current":
+        # prime-rl's `rl` keeps a PRL_RUN_ID it inherits and makes it the W&B run id.
+        env[RUN_ID_ENV] = cmdline.wandb_run_id(run_id)
+    else:
+        env.update(cmdline.legacy_wandb_env(wandb))
+    return env
+
+
+def _resources(backend: str, gpu_count: int, cpu: float | None,
+               memory_mb: int | None) -> tuple[float | None, int | None]:
+    """What a Modal run reserves: [modal] cpu / memory, else the per-GPU defaults.
+
+    Raises PlanError for a reservation that is not positive.
+    """
+    if backend != "modal":
+        return cpu, memory_mb
+    if (cpu is not None and cpu <= 0) or (memory_mb is not None and memory_mb <= 0):
+        raise PlanError("[modal] cpu and memory must be positive",
+                        "or leave them out for the per-GPU defaults")
+    default_cpu, default_memory = default_resources(gpu_count)
+    return (default_cpu if cpu is None else float(cpu),
+            default_memory if memory_mb is None else memory_mb)
 
 
 def plan_from_json(data: Mapping[str, Any]) -> Plan:
@@ -311,8 +417,10 @@ def plan_from_json(data: Mapping[str, Any]) -> Plan:
         gpu=gpus, argv=tuple(data["argv"]), launcher=tuple(data["launcher"]),
         workdir=data["workdir"], outputs_root=data["outputs_root"], env=data["env"],
         secrets=tuple(data["secrets"]), volumes=data["volumes"], timeout_s=data["timeout_s"],
-        retries=data["retries"], cost=Cost(**data["cost"]), repo=image["repo"],
+        retries=data["retries"], cost=cost_from_json(data["cost"]), repo=image["repo"],
         ref=image["ref"], base_image=image["base"], local_code=image["local_code"],
+        # plans written before prebuilt images and a pinned uv have neither key
+        prebuilt_image=image.get("prebuilt"), uv_version=image.get("uv", UV_VERSION),
         configs=data["configs"],
         inputs=tuple(InputFile(i["role"], i["source"], i["path"], i["sha256"], i.get("text", ""))
                      for i in data["inputs"]),

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from primerl_modal.core.gpus import CPU_CORES_PER_GPU, MEMORY_GIB_PER_GPU
+
 Kind = Literal["str", "int", "float", "bool", "str_list", "duration", "str_table", "table"]
 
 PRIME_RL_REPO = "https://github.com/PrimeIntellect-ai/prime-rl.git"
@@ -51,7 +53,7 @@ KEYS: tuple[Key, ...] = (
         "Local prime-rl checkout whose src/ and configs/ overlay the pinned ref."),
     Key("prime_rl", "image", "str", None,
         "Prebuilt prime-rl image to run instead of building one (Modal), e.g. "
-        "ghcr.io/primeintellect-ai/prime-rl:commit-<sha>-amd64."),
+        "ghcr.io/primeintellect-ai/prime-rl:commit-SHA-amd64 (SHA: the full commit)."),
     Key("prime_rl", "uv_version", "str", UV_VERSION,
         "Exact uv the built image installs; the ref's required-version must accept it."),
     Key("prime_rl", "ckpt_interval", "int", None,
@@ -69,9 +71,11 @@ KEYS: tuple[Key, ...] = (
     Key("modal", "secrets", "str_list", ["wandb", "huggingface"], "Modal secret names to attach."),
     Key("modal", "region", "str", None, "Modal region, e.g. us-east."),
     Key("modal", "cpu", "float", None,
-        "Physical CPU cores to reserve (default: 4 per GPU)."),
-    Key("modal", "memory", "int", None, "Memory to reserve, MiB (default: 16 GiB per GPU)."),
-    Key("modal", "base_image", "str", BASE_IMAGE, "CUDA devel base image."),
+        f"Physical CPU cores to reserve (default: {CPU_CORES_PER_GPU:g} per GPU)."),
+    Key("modal", "memory", "int", None,
+        f"Memory to reserve, MiB (default: {MEMORY_GIB_PER_GPU} GiB per GPU)."),
+    Key("modal", "base_image", "str", BASE_IMAGE,
+        "CUDA devel base image a built image starts from."),
     Key("wandb", "project", "str", "prime-rl", "W&B project; the run name is the run id."),
     Key("wandb", "entity", "str", None, "W&B entity (team or user)."),
     Key("wandb", "group", "str", None, "W&B group."),

@@ -1,4 +1,5 @@
-"""Rich rendering of a Plan: the node's GPUs, the command line, image, volumes, cost."""
+"""Rich rendering of a Plan: the node's GPUs, the command line, image, resources, volumes,
+cost."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from primerl_modal.core.durations import format_duration
+from primerl_modal.core.gpus import default_resources
+from primerl_modal.core.image_spec import image_spec
 from primerl_modal.core.plan import Plan
 from primerl_modal.core.profile import ResolvedProfile
 
@@ -46,6 +49,36 @@ def command_text(argv: tuple[str, ...]) -> Text:
     return Text(" \\\n    ".join(lines), style="green")
 
 
+def image_text(plan: Plan) -> str:
+    """Which image runs, and whether launching it builds anything."""
+    spec = image_spec(plan)
+    if spec.prebuilt:
+        text = f"prebuilt {spec.base}: nothing is built"
+    else:
+        text = (f"built from {plan.base_image}: {plan.repo} @ {plan.ref}, uv "
+                f"{plan.uv_version}, {len(spec.build_steps())} build steps (reused while "
+                "they are unchanged)")
+    if plan.local_code:
+        text += f"\n+ local code overlay from {plan.local_code}"
+    return text
+
+
+def resources_text(cpu: float, memory_mb: int, gpu_count: int) -> str:
+    default = default_resources(gpu_count) == (cpu, memory_mb)
+    return (f"{cpu:g} CPU cores, {memory_mb / 1024:g} GiB memory reserved"
+            + (f" (default for {gpu_count} GPUs; [modal] cpu / memory override it)"
+               if default else ""))
+
+
+def cost_text(plan: Plan) -> str:
+    c, g = plan.cost, plan.gpu
+    parts = f"GPUs {g.count} x ${g.usd_per_gpu_hour:.2f}"
+    if c.cpu_per_hour_usd or c.memory_per_hour_usd:
+        parts += f" + CPU ${c.cpu_per_hour_usd:.2f} + memory ${c.memory_per_hour_usd:.2f}"
+    return (f"${c.per_hour_usd:,.2f}/h ({parts}); "
+            f"at most ${c.max_usd:,.2f} if every attempt hits its timeout")
+
+
 def render(plan: Plan, title: str = "prm plan (dry run: nothing launched)") -> RenderableType:
     g = plan.gpu
     grid = Table.grid(padding=(0, 2))
@@ -58,10 +91,9 @@ def render(plan: Plan, title: str = "prm plan (dry run: nothing launched)") -> R
     grid.add_row("", gpu_picture(plan))
     grid.add_row("command", command_text(plan.argv))
     grid.add_row("workdir", plan.workdir)
-    source = f"{plan.repo} @ {plan.ref}"
-    if plan.local_code:
-        source += f"\n+ local code overlay from {plan.local_code}"
-    grid.add_row("image", f"{plan.base_image}\n{source}")
+    grid.add_row("image", Text(image_text(plan)))
+    if plan.cpu is not None and plan.memory_mb is not None:
+        grid.add_row("resources", Text(resources_text(plan.cpu, plan.memory_mb, g.count)))
     for item in plan.inputs:
         grid.add_row(f"upload {item.role}", f"{item.source} -> {item.path}")
     grid.add_row("volumes", "\n".join(f"{m} <- {v}" for m, v in plan.volumes.items()))
@@ -74,11 +106,7 @@ def render(plan: Plan, title: str = "prm plan (dry run: nothing launched)") -> R
         f"timeout {format_duration(plan.timeout_s)} per attempt, {plan.retries} retries "
         "(each resumes from the latest checkpoint)",
     )
-    grid.add_row(
-        "cost",
-        f"${plan.cost.per_hour_usd:,.2f}/h ({g.count} x ${g.usd_per_gpu_hour:.2f}); "
-        f"at most ${plan.cost.max_usd:,.2f} if every attempt hits its timeout",
-    )
+    grid.add_row("cost", cost_text(plan))
     parts: list[RenderableType] = [grid]
     for w in plan.warnings:
         parts.append(Text(f"warning: {w}", style="yellow"))
