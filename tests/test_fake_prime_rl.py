@@ -274,7 +274,7 @@ def test_dialect_2025_10(tmp_path: Path) -> None:
     assert metrics_steps(run) == [1, 2, 3]  # orchestrator's max_steps wins
     assert step_dirs(run / "checkpoints") == ["step_2"]
     assert sorted(p.name for p in (run / "logs").iterdir()) == [
-        "inference.log", "orchestrator.log", "trainer.log",
+        "inference.stdout", "orchestrator.stdout", "trainer.stdout",
     ]  # fmt: skip
     inference = json.loads((run / "configs" / "inference.json").read_text())
     assert inference["parallel"] == {"dp": 6, "tp": 1}
@@ -293,12 +293,12 @@ def test_2025_10_cleans_by_default_instead_of_refusing(tmp_path: Path) -> None:
     run = tmp_path / "outputs" / "run-x"
     args = legacy_args(tmp_path, "--ckpt.interval", "2")
     assert run_rl(args, tmp_path).returncode == 0
-    (run / "logs" / "trainer.log").write_text("old attempt\n")
+    (run / "logs" / "trainer.stdout").write_text("old attempt\n")
 
     again = run_rl([*args, "--max-steps", "1"], tmp_path)
     assert again.returncode == 0, again.stderr
     assert f"Cleaning {run / 'checkpoints'}" in again.stdout
-    assert "old attempt" not in (run / "logs" / "trainer.log").read_text()
+    assert "old attempt" not in (run / "logs" / "trainer.stdout").read_text()
     assert not (run / "checkpoints").exists()  # wiped, and step 1 saves none
     assert sorted(p.name for p in (run / "rollouts").iterdir()) == ["step_1"]
     assert metrics_steps(run) == [1, 2, 3, 1]
@@ -340,8 +340,8 @@ def test_2025_10_resume_step_and_interval_reset(tmp_path: Path) -> None:
     broken = run_rl(legacy_args(tmp_path, "--ckpt.resume-step", "6"), tmp_path)
     assert broken.returncode == 1
     assert "while loading checkpoint step 6" in broken.stdout
-    assert last_line(run / "logs" / "trainer.log").startswith("FileNotFoundError: [Errno 2] ")
-    assert last_line(run / "logs" / "trainer.log").endswith("/step_6/trainer/.metadata'")
+    assert last_line(run / "logs" / "trainer.stdout").startswith("FileNotFoundError: [Errno 2] ")
+    assert last_line(run / "logs" / "trainer.stdout").endswith("/step_6/trainer/.metadata'")
 
     # 0 means no resume: a fresh start, which (clean by default) wipes the checkpoints
     fresh = run_rl(legacy_args(tmp_path, "--ckpt.resume-step", "0", "--max-steps", "1"),

@@ -13,10 +13,13 @@ preempted with signals::
     fake.wait_call(fc.object_id)
     assert fake.functions[fake.calls[fc.object_id]["function_id"]]["gpu"] == "H100:8"
 
-Inside a function body, ``FAKE_MODAL_MOUNTS`` maps each volume mount path to its local directory
-(``root/volumes/<name>``) and ``FAKE_MODAL_ROOT`` is the directory standing in for the container's
-``/`` (local dirs and python sources added to the image are written there). Pin modal==1.6.4:
-the protocol is internal to Modal and this fake was written against that client.
+Inside a function body, ``FAKE_MODAL_MOUNTS`` maps each volume mount path to the container's own
+copy of that volume (changes reach ``fake.volume_path(name)``, the committed state, only through a
+commit or a clean exit: see volumes.py), ``fake.mount_env`` names env vars set to such copies, and
+``FAKE_MODAL_ROOT`` is the directory standing in for the container's ``/`` (local dirs and python
+sources added to the image are written there). Signals, kills, retries and cancellation follow
+Modal (see executor.py); every process of a container dies with it (containers.py). Pin
+modal==1.6.4: the protocol is internal to Modal and this fake was written against that client.
 """
 
 from .fake import FakeModal, LogEntry

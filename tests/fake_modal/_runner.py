@@ -4,6 +4,10 @@ Started by the executor as ``python -u -c <bootstrap> <this file> <spec.json>``.
 function's module (or unpickles a serialized function), calls the raw function with the
 deserialized arguments and writes a pickled result dict to ``spec["output_path"]``. It only
 imports the standard library and ``modal``: never the fake server.
+
+As Modal's container entrypoint does for a synchronous function, SIGUSR1 (an input cancelled
+without terminating its container) raises ``modal.exception.InputCancellation`` in the main
+thread while the input runs; the input then ends with a cancelled (TERMINATED) output.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import inspect
 import json
 import os
 import pickle
+import signal
 import sys
 import traceback
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 
@@ -44,6 +50,12 @@ def _client() -> Any:
     return synchronizer._translate_in(modal.Client.from_env())
 
 
+def _cancel_input(signum: int, frame: FrameType | None) -> None:
+    from modal.exception import InputCancellation
+
+    raise InputCancellation("Input was cancelled by user")
+
+
 def main(spec_path: str) -> None:
     from modal._serialization import (
         deserialize_data_format,
@@ -51,20 +63,30 @@ def main(spec_path: str) -> None:
         pickle_traceback,
         serialize_data_format,
     )
+    from modal.exception import InputCancellation
 
     with open(spec_path) as f:
         spec = json.load(f)
     data_format: int = spec["data_format"]
     result: dict[str, Any]
+    previous = signal.signal(signal.SIGUSR1, _cancel_input)
     try:
         with open(spec["input_path"], "rb") as f:
             # as in a real container: Modal objects among the arguments (a Function, a
             # Volume) come back hydrated with this container's client
             args, kwargs = deserialize_data_format(f.read(), data_format, _client())
+        # as Modal's container entrypoint does: modal.current_function_call_id() and
+        # modal.current_input_id() answer inside the function
+        from modal._runtime.execution_context import _set_current_context_ids
+
+        _set_current_context_ids([f"in-{spec['task_id']}"],
+                                 [os.environ.get("MODAL_FUNCTION_CALL_ID", "")], [""])
         value = _load_function(spec)(*args, **kwargs)
         if inspect.isawaitable(value):
             value = asyncio.run(value)  # type: ignore[arg-type]
         result = {"status": "success", "data": serialize_data_format(value, data_format)}
+    except InputCancellation:
+        result = {"status": "cancelled"}
     except Exception as exc:
         traceback.print_exc()
         serialized_tb, tb_line_cache = pickle_traceback(exc, spec["task_id"])
@@ -76,6 +98,8 @@ def main(spec_path: str) -> None:
             "serialized_tb": serialized_tb,
             "tb_line_cache": tb_line_cache,
         }
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
     sys.stdout.flush()
     sys.stderr.flush()
     tmp_path = spec["output_path"] + ".tmp"

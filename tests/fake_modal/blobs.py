@@ -5,8 +5,11 @@ Routes (all on 127.0.0.1):
 - ``PUT /blob/<blob_id>`` / ``GET /blob/<blob_id>``: large payloads (``BlobCreate`` / ``BlobGet``).
   A PUT answers with the quoted md5 of the body as ``ETag``, which the client checks.
 - ``PUT /block/<sha256 hex>``: a content-addressed block (mount files, ``VolumePutFiles2``).
-- ``GET /file?path=<local path>&start=<offset>&len=<n>``: one byte range of a local file, with an
-  RFC 9530 ``Repr-Digest: sha-256=:<base64>:`` header that the client verifies (``VolumeGetFile2``).
+- ``GET /file?path=<local path>&start=<offset>&len=<n>&trim=<0|1>``: one byte range (a volume
+  block) of a local file (``VolumeGetFile2``). With ``trim=1`` its trailing zero bytes are left
+  out, as Modal's block server does for a client that pads blocks back
+  (``client_pads_blocks``). An RFC 9530 ``Repr-Digest: sha-256=:<base64>:`` header carries the
+  digest of the body as sent, which is what the client checks (before padding).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class ContentStore:
         # reply), "corrupt" (a body that does not match its digest) or "slow" (an answer
         # only after SLOW_READ_S).
         self._faults: dict[str, list[str]] = {}
+        self._served: dict[str, list[tuple[int, int]]] = {}  # local path -> (start, bytes sent)
 
     def put_blob(self, blob_id: str, data: bytes) -> None:
         with self._lock:
@@ -66,11 +70,21 @@ class ContentStore:
             queued = self._faults.get(local_path)
             return queued.pop(0) if queued else None
 
+    def record_served(self, local_path: str, start: int, sent: int) -> None:
+        with self._lock:
+            self._served.setdefault(local_path, []).append((start, sent))
+
+    def served(self, local_path: str) -> list[tuple[int, int]]:
+        """The block reads of ``local_path`` answered so far: (start offset, bytes sent)."""
+        with self._lock:
+            return list(self._served.get(local_path, []))
+
     def clear(self) -> None:
         with self._lock:
             self._blobs.clear()
             self._content.clear()
             self._faults.clear()
+            self._served.clear()
 
 
 class BlobServer:
@@ -114,8 +128,10 @@ class BlobServer:
     def block_put_url(self, sha256_hex: str) -> str:
         return f"{self.base_url}/block/{sha256_hex}"
 
-    def file_range_url(self, path: Path, start: int, length: int) -> str:
-        query = urllib.parse.urlencode({"path": str(path), "start": start, "len": length})
+    def file_range_url(self, path: Path, start: int, length: int, *, trim: bool) -> str:
+        query = urllib.parse.urlencode(
+            {"path": str(path), "start": start, "len": length, "trim": int(trim)}
+        )
         return f"{self.base_url}/file?{query}"
 
 
@@ -152,28 +168,33 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._reply(200, data)
         elif parts == ["file"]:
-            query = urllib.parse.parse_qs(url.query)
-            path = Path(query["path"][0])
-            start, length = int(query["start"][0]), int(query["len"][0])
-            try:
-                with path.open("rb") as f:
-                    f.seek(start)
-                    data = f.read(length)
-            except FileNotFoundError:
-                self._reply(404, b"no such file")
-                return
-            digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
-            fault = self.store.next_fault(str(path))
-            if fault == "slow":  # a read that hangs well past any test's patience
-                time.sleep(SLOW_READ_S)
-            if fault == "503":
-                self._reply(503, b"slow down")
-                return
-            if fault == "corrupt" and data:
-                data = bytes([data[0] ^ 0xFF]) + data[1:]
-            self._reply(200, data, {"Repr-Digest": f"sha-256=:{digest}:"})
+            self._serve_file_range(urllib.parse.parse_qs(url.query))
         else:
             self._reply(404, b"unknown route")
+
+    def _serve_file_range(self, query: dict[str, list[str]]) -> None:
+        path = Path(query["path"][0])
+        start, length = int(query["start"][0]), int(query["len"][0])
+        try:
+            with path.open("rb") as f:
+                f.seek(start)
+                data = f.read(length)
+        except FileNotFoundError:
+            self._reply(404, b"no such file")
+            return
+        if query.get("trim") == ["1"]:
+            data = data.rstrip(b"\0")
+        digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        fault = self.store.next_fault(str(path))
+        if fault == "slow":  # a read that hangs well past any test's patience
+            time.sleep(SLOW_READ_S)
+        if fault == "503":
+            self._reply(503, b"slow down")
+            return
+        if fault == "corrupt" and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+        self.store.record_served(str(path), start, len(data))
+        self._reply(200, data, {"Repr-Digest": f"sha-256=:{digest}:"})
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

@@ -1,34 +1,51 @@
-"""Runs spawned calls as subprocesses: queueing, preemption, retries, cancellation, logs.
+"""Runs spawned calls as subprocesses: queueing, retries, preemption, cancellation, logs.
 
-Each attempt of a call runs ``_runner.py`` in its own process group, with the function's
-environment (secrets, image ``ENV``, volume mounts via ``FAKE_MODAL_MOUNTS``), so that a cancel,
-app stop or preemption can SIGTERM it, wait ``grace_s`` and SIGKILL it.
+Each attempt runs ``_runner.py`` in a new container (containers.py): its own process group,
+the function's environment (secrets, image ``ENV``) and its own copies of the volumes it
+mounts (volumes.py). How an attempt ends:
+
+- its main process exits by itself: the container's remaining processes are killed, its
+  volume changes committed and its result read; a failure (an exception, a non-zero exit
+  without a result) is retried per the function's retry policy, its delays multiplied by
+  ``FakeModal.retry_delay_scale``;
+- timeout: SIGTERM to its process group, ``grace_s``, then the container is killed (its
+  uncommitted changes are lost); retried like a failure, as Modal retries timeouts;
+- preemption: SIGINT to its main process, ``grace_s``, then the container is killed unless it
+  has exited; the same input restarts in a new container with the same retry count (the
+  restart is Modal's, not the retry policy's), whatever the exit status;
+- cancellation (``FunctionCall.cancel``): with ``terminate_containers`` the container is killed
+  at once; without, its main process gets SIGUSR1 (InputCancellation in the function's main
+  thread) and the container is killed if it is still there after ``grace_s``; never retried;
+- app stop: SIGTERM to its process group, ``grace_s``, then killed; uncommitted changes lost;
+- `FakeModal.reset` / `stop`: killed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import pickle
 import signal
 import sys
 import time
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modal_proto import api_pb2
 
+from .containers import Container, container_env, signal_group, volume_copies
+from .runner_io import NO_RESULT, read_output, write_spec
+
 if TYPE_CHECKING:
     from .fake import FakeModal
+    from .volumes import ContainerVolumes
 
 FINAL_STATUSES = frozenset({"success", "failure", "timeout", "cancelled", "terminated"})
 RUNNER = Path(__file__).with_name("_runner.py")
 BOOTSTRAP = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
 DEFAULT_TIMEOUT_S = 300
-MAX_INLINE_OUTPUT = 2 * 1024 * 1024  # larger results go through a blob, like Modal's
+DRAIN_S = 10.0  # for the output pipes to close once every process of the container is dead
 
 Result = api_pb2.GenericResult
 
@@ -44,18 +61,24 @@ class CallRuntime:
     args: bytes
     data_format: int
     preemptions: list[float]
-    stop_status: str | None = None  # set when cancelled ("cancelled") or app stopped
+    stop_status: str | None = None  # "cancelled" or "terminated" once asked to stop
+    # How a stop reaches the container: SIGUSR1 (to the main process, an input cancellation)
+    # or SIGTERM (to the process group, an app stop), each followed by grace_s; None: a kill.
+    stop_signal: signal.Signals | None = None
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    kill_now: asyncio.Event = field(default_factory=asyncio.Event)  # cuts any grace short
     preempt_now: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-    process: asyncio.subprocess.Process | None = None
+    container: Container | None = None
     task: asyncio.Task[None] | None = None
     result: Any = None  # api_pb2.GenericResult once finished
 
 
 @dataclass
 class _Outcome:
-    kind: str  # "success", "failure", "timeout", "preempted", "stopped"
+    # "success", "failure", "cancelled", NO_RESULT (a failure too), "timeout", "preempted" or
+    # "stopped"
+    kind: str
     result: Any = None
 
 
@@ -63,6 +86,7 @@ class Executor:
     def __init__(self, fake: FakeModal) -> None:
         self.fake = fake
         self.runtimes: dict[str, CallRuntime] = {}
+        self.containers: dict[str, Container] = {}  # the live ones, by task id
         self._queues: dict[str, deque[str]] = {}
         self._running: dict[str, set[str]] = {}
         self._bodies = 0
@@ -79,7 +103,12 @@ class Executor:
         return [rt for rt in self.runtimes.values() if rt.app_id == app_id and not rt.done.is_set()]
 
     def running_tasks(self, app_id: str) -> int:
-        return sum(1 for rt in self.active_calls(app_id) if rt.process is not None)
+        return sum(1 for rt in self.active_calls(app_id) if rt.container is not None)
+
+    def volumes_of(self, task_id: str | None) -> ContainerVolumes | None:
+        """The volume copies of a live container (None for a gone or unknown one)."""
+        container = self.containers.get(task_id or "")
+        return container.volumes if container is not None else None
 
     def _schedule(self, function_id: str) -> None:
         queue = self._queues.get(function_id)
@@ -122,70 +151,58 @@ class Executor:
 
     # -------------------------------------------------------------- stopping
 
-    async def stop_call(self, call_id: str, status: str) -> None:
-        """Cancel a call: drop it from the queue, or terminate its running process."""
+    def stop_call(self, call_id: str, status: str, how: signal.Signals | None) -> None:
+        """Ask a call to stop, and return at once: a queued call is dropped; a running one's
+        container gets ``how`` (see `CallRuntime.stop_signal`). A later kill cuts a grace short."""
         rt = self.runtimes[call_id]
         if rt.done.is_set():
             return
-        rt.stop_status = status
+        if rt.stop_status is None:
+            rt.stop_status, rt.stop_signal = status, how
+        if how is None:
+            rt.kill_now.set()
         rt.stop_event.set()
         queue = self._queues.get(rt.function_id)
         if queue is not None and call_id in queue:
             queue.remove(call_id)
             self._finish(rt, _stopped_result(status))
-            return
-        if rt.process is not None:
-            await self._terminate(rt.process)
-        await rt.done.wait()
 
     def preempt(self, call_id: str) -> None:
         """Preempt the running attempt of a call now (it restarts with the same input)."""
         rt = self.runtimes[call_id]
-        if rt.process is None:
+        if rt.container is None:
             raise RuntimeError(f"call {call_id} has no running attempt to preempt")
         rt.preempt_now.set()
 
     async def stop_app_calls(self, app_id: str, status: str) -> None:
-        await asyncio.gather(
-            *(self.stop_call(rt.call_id, status) for rt in self.active_calls(app_id))
-        )
+        active = self.active_calls(app_id)
+        for rt in active:
+            self.stop_call(rt.call_id, status, signal.SIGTERM)
+        await asyncio.gather(*(rt.done.wait() for rt in active))
 
     async def shutdown(self) -> None:
-        """Terminate everything (used by `FakeModal.reset` / `stop`)."""
-        saved_grace = self.fake.grace_s
-        self.fake.grace_s = min(saved_grace, 1.0)
-        try:
-            active = [rt for rt in self.runtimes.values() if not rt.done.is_set()]
-            await asyncio.gather(*(self.stop_call(rt.call_id, "terminated") for rt in active))
-        finally:
-            self.fake.grace_s = saved_grace
+        """Kill every container and forget every call (used by `FakeModal.reset` / `stop`)."""
+        active = [rt for rt in self.runtimes.values() if not rt.done.is_set()]
+        for rt in active:
+            self.stop_call(rt.call_id, "terminated", None)
+        await asyncio.gather(*(rt.done.wait() for rt in active))
         self.runtimes.clear()
         self._queues.clear()
         self._running.clear()
         self._bodies = 0
         self._bodies_by_function.clear()
 
-    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
-        """SIGTERM the process group, wait `grace_s`, then SIGKILL whatever is left."""
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=self.fake.grace_s)
-        except TimeoutError:
-            _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
-        _signal_group(process.pid, signal.SIGKILL)  # stray children of the group
-
     # -------------------------------------------------------------- attempts
 
     async def _attempts(self, rt: CallRuntime) -> Any:
         definition = self.fake.function_defs(rt.function_id)
         policy = definition.retry_policy if definition.HasField("retry_policy") else None
-        failures = 0
+        retry_count = 0
         while rt.stop_status is None:
             preempt_in = rt.preemptions.pop(0) if rt.preemptions else None
-            outcome = await self._run_attempt(rt, definition, preempt_in)
+            outcome = await self._run_attempt(rt, definition, preempt_in, retry_count)
             if rt.stop_status is not None:
-                return _stopped_result(rt.stop_status)
+                break
             if outcome.kind == "preempted":
                 self._system_log(
                     rt,
@@ -193,92 +210,71 @@ class Executor:
                     "Function will be restarted with the same input.\n",
                 )
                 continue
-            if outcome.kind == "success" or policy is None or failures >= policy.retries:
+            if (
+                outcome.kind in ("success", "cancelled")
+                or policy is None
+                or retry_count >= policy.retries
+            ):
                 return outcome.result
-            failures += 1
-            delay_s = _retry_delay_s(policy, failures)
+            retry_count += 1
+            delay_s = _retry_delay_s(policy, retry_count) * self.fake.retry_delay_scale
             self._system_log(
-                rt, f"Retrying input in {delay_s:.1f}s (retry {failures} of {policy.retries}).\n"
+                rt,
+                f"Retrying input in {delay_s:.2f}s (retry {retry_count} of {policy.retries}).\n",
             )
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(rt.stop_event.wait(), timeout=delay_s)
-            except TimeoutError:
-                pass
-        return _stopped_result(rt.stop_status)
+        return _stopped_result(rt.stop_status or "terminated")
 
     async def _run_attempt(
-        self, rt: CallRuntime, definition: Any, preempt_in: float | None
+        self, rt: CallRuntime, definition: Any, preempt_in: float | None, retry_count: int
     ) -> _Outcome:
-        from .fake import new_id
-
-        call = self.fake.calls[rt.call_id]
-        task_id = new_id("ta")
-        attempt: dict[str, Any] = {
-            "task_id": task_id,
-            "started": time.time(),
-            "ended": None,
-            "exit_code": None,
-            "preempted": False,
-        }
-        call["attempts"].append(attempt)
-        workdir = self.fake.root / "_fake_modal" / "calls" / rt.call_id / str(len(call["attempts"]))
-        workdir.mkdir(parents=True, exist_ok=True)
-        spec = self._write_spec(rt, definition, task_id, workdir)
-        env = self.fake.container_env(rt.function_id, task_id, rt.call_id)
-
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-u",
-            "-c",
-            BOOTSTRAP,
-            str(RUNNER),
-            str(workdir / "spec.json"),
-            cwd=self.fake.root,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group, so signals reach its children too
-        )
-        rt.process = process
-        self._body_started(rt.function_id)
-        if rt.stop_status is not None:  # cancelled while the process was being started
-            await self._terminate(process)
+        container, attempt, spec = await self._start_container(rt, definition, retry_count)
         ids = {
             "function_id": rt.function_id,
             "function_call_id": rt.call_id,
-            "task_id": task_id,
+            "task_id": container.task_id,
             "input_id": rt.input_id,
         }
+        process = container.process
         assert process.stdout is not None and process.stderr is not None
         pumps = asyncio.gather(
             self._pump(process.stdout, rt.app_id, "stdout", ids),
             self._pump(process.stderr, rt.app_id, "stderr", ids),
         )
         timeout_s = definition.timeout_secs or DEFAULT_TIMEOUT_S
-        kind: str | None = None
-        waiter = asyncio.ensure_future(process.wait())
-        preempt_now = asyncio.ensure_future(rt.preempt_now.wait())
-        limit = min(timeout_s, preempt_in) if preempt_in is not None else timeout_s
-        done, _ = await asyncio.wait(
-            {waiter, preempt_now}, timeout=limit, return_when=asyncio.FIRST_COMPLETED
-        )
-        preempt_now.cancel()
-        rt.preempt_now.clear()
-        if waiter not in done and rt.stop_status is None:
-            timed_out = not done and (preempt_in is None or preempt_in > timeout_s)
-            kind = "timeout" if timed_out else "preempted"
-            attempt["preempted"] = kind == "preempted"
-            await self._terminate(process)
-        await waiter
-        _signal_group(process.pid, signal.SIGKILL)  # the container is gone: so are its children
-        await pumps
+        kind, by_itself = await self._supervise(rt, container, timeout_s, preempt_in)
+        await container.kill()  # the container is gone: so is every process it started
+        try:
+            await asyncio.wait_for(pumps, DRAIN_S)
+        except TimeoutError:
+            self.fake.record_error(
+                f"{container.task_id}: a process without the container's marker kept its "
+                "output open"
+            )
+        if by_itself:
+            container.volumes.commit_all()  # Modal commits a container's volumes at shutdown
+        container.volumes.remove()
+        del self.containers[container.task_id]
+        rt.container = None
         self._body_ended(rt.function_id)
-        rt.process = None
-        attempt["ended"] = time.time()
-        attempt["exit_code"] = process.returncode
+        attempt.update(
+            ended=time.time(),
+            exit_code=process.returncode,
+            preempted=kind == "preempted",
+            killed=not by_itself,
+        )
         self.fake.pulse()
 
+        # What the function reported, if it ended by itself (read even when stopped or
+        # preempted, for the record).
+        outcome = (
+            _Outcome(*read_output(spec, rt.data_format, process.returncode, self.fake.put_blob))
+            if by_itself
+            else None
+        )
+        if outcome is not None and outcome.kind != NO_RESULT:
+            attempt["output"] = outcome.kind
         if rt.stop_status is not None:
             return _Outcome("stopped")
         if kind == "preempted":
@@ -291,56 +287,97 @@ class Executor:
                     exception=f"Function call timed out after {timeout_s} seconds",
                 ),
             )
-        return _Outcome(*self._read_output(Path(spec["output_path"]), rt, process.returncode))
+        assert outcome is not None  # the main process exited by itself
+        return outcome
 
-    def _write_spec(
-        self, rt: CallRuntime, definition: Any, task_id: str, workdir: Path
-    ) -> dict[str, Any]:
-        (workdir / "input.bin").write_bytes(rt.args)
-        serialized_path = ""
-        if definition.function_serialized:
-            serialized_path = str(workdir / "function.pkl")
-            Path(serialized_path).write_bytes(definition.function_serialized)
-        spec = {
-            "module_name": definition.module_name,
-            "function_name": definition.implementation_name or definition.function_name,
-            "serialized_path": serialized_path,
-            "input_path": str(workdir / "input.bin"),
-            "output_path": str(workdir / "output.pkl"),
-            "data_format": rt.data_format,
+    async def _start_container(
+        self, rt: CallRuntime, definition: Any, retry_count: int
+    ) -> tuple[Container, dict[str, Any], dict[str, Any]]:
+        from .fake import new_id
+
+        call = self.fake.calls[rt.call_id]
+        task_id = new_id("ta")
+        attempt: dict[str, Any] = {
             "task_id": task_id,
+            "retry_count": retry_count,  # Modal's: +1 per failure retried, kept by a restart
+            "started": time.time(),
+            "ended": None,
+            "exit_code": None,
+            "preempted": False,
+            # Ended by the fake (timeout, stop, kill, grace expired), not by itself: its
+            # uncommitted volume changes were lost.
+            "killed": False,
+            "output": None,  # what the function reported: success, failure or cancelled
         }
-        (workdir / "spec.json").write_text(json.dumps(spec, indent=2))
-        return spec
-
-    def _read_output(self, path: Path, rt: CallRuntime, returncode: int | None) -> tuple[str, Any]:
-        if not path.exists():
-            message = (
-                f"Function exited with code {returncode} before returning a result"
-                if returncode
-                else "Function exited without returning a result"
-            )
-            return "failure", Result(
-                status=Result.GENERIC_STATUS_FAILURE, exception=message, exitcode=returncode or 0
-            )
-        output = pickle.loads(path.read_bytes())
-        if output["status"] == "success":
-            data: bytes = output["data"]
-            if len(data) > MAX_INLINE_OUTPUT:
-                return "success", Result(
-                    status=Result.GENERIC_STATUS_SUCCESS, data_blob_id=self.fake.put_blob(data)
-                )
-            return "success", Result(status=Result.GENERIC_STATUS_SUCCESS, data=data)
-        result = Result(
-            status=Result.GENERIC_STATUS_FAILURE,
-            exception=output["exception"],
-            traceback=output["traceback"],
+        call["attempts"].append(attempt)
+        workdir = self.fake.root / "_fake_modal" / "calls" / rt.call_id / str(len(call["attempts"]))
+        workdir.mkdir(parents=True, exist_ok=True)
+        spec = write_spec(workdir, definition, rt.args, rt.data_format, task_id)
+        volumes = volume_copies(self.fake, rt.function_id, task_id)
+        volumes.seed()
+        env = container_env(self.fake, rt.function_id, task_id, rt.call_id, volumes.local_mounts())
+        container = await Container.start(
+            task_id,
+            volumes,
+            sys.executable,
+            "-u",
+            "-c",
+            BOOTSTRAP,
+            str(RUNNER),
+            str(workdir / "spec.json"),
+            cwd=self.fake.root,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group, as a container's processes are
         )
-        if rt.data_format == api_pb2.DATA_FORMAT_PICKLE:  # Modal only ships pickled exceptions
-            result.data = output["data"]
-            result.serialized_tb = output["serialized_tb"]
-            result.tb_line_cache = output["tb_line_cache"]
-        return "failure", result
+        self.containers[task_id] = container
+        rt.container = container
+        self._body_started(rt.function_id)
+        return container, attempt, spec
+
+    async def _supervise(
+        self, rt: CallRuntime, container: Container, timeout_s: float, preempt_in: float | None
+    ) -> tuple[str, bool]:
+        """Wait for the attempt to end. Returns how ("exited", "stopped", "preempted" or
+        "timeout") and whether its main process ended by itself (so its changes commit)."""
+        waits = {
+            "exited": asyncio.ensure_future(container.exited.wait()),
+            "preempted": asyncio.ensure_future(rt.preempt_now.wait()),
+            "stopped": asyncio.ensure_future(rt.stop_event.wait()),
+        }
+        limit = timeout_s if preempt_in is None else min(timeout_s, preempt_in)
+        done, _ = await asyncio.wait(
+            waits.values(), timeout=limit, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiting in waits.values():
+            waiting.cancel()
+        rt.preempt_now.clear()
+        grace_s = self.fake.grace_s
+        if waits["exited"] in done:
+            return "exited", True
+        if waits["stopped"] in done:
+            return "stopped", await self._stop_container(rt, container)
+        if waits["preempted"] in done or (preempt_in is not None and preempt_in <= timeout_s):
+            container.signal_main(signal.SIGINT)
+            return "preempted", await container.wait_exit(grace_s, rt.kill_now)
+        signal_group(container.process.pid, signal.SIGTERM)
+        await container.wait_exit(grace_s, rt.kill_now)
+        return "timeout", False
+
+    async def _stop_container(self, rt: CallRuntime, container: Container) -> bool:
+        """Deliver a stop; True if the function then ended by itself (an input cancellation
+        lets it; a terminated container's changes are lost however it ends)."""
+        how = rt.stop_signal
+        if how is None or rt.kill_now.is_set():
+            return False
+        if how == signal.SIGUSR1:
+            container.signal_main(how)
+            return await container.wait_exit(self.fake.grace_s, rt.kill_now)
+        signal_group(container.process.pid, how)
+        await container.wait_exit(self.fake.grace_s, rt.kill_now)
+        return False
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -390,10 +427,3 @@ def _retry_delay_s(policy: Any, retry_number: int) -> float:
     if policy.max_delay_ms:
         delay_ms = min(delay_ms, policy.max_delay_ms)
     return float(delay_ms) / 1000
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import os
 import secrets as _secrets
 import shlex
 import string
@@ -63,7 +61,8 @@ class FakeModal:
     """An in-process fake of Modal's control plane for the real ``modal`` client.
 
     ``root`` holds everything the fake writes: ``root/volumes/<volume name>/`` is each volume's
-    content, ``root/_fake_modal/`` the fake's scratch space (materialised mounts, call inputs).
+    committed state, ``root/_fake_modal/`` the fake's scratch space (materialised mounts, call
+    inputs, the containers' volume copies under ``tasks/<task id>/``).
     """
 
     def __init__(
@@ -94,8 +93,12 @@ class FakeModal:
     def _clear_state(self) -> None:
         # Configuration set by tests.
         self.grace_s: float = self.default_grace_s
+        self.retry_delay_scale: float = 1.0  # every retry delay of a policy is multiplied by it
         self.secrets: dict[str, dict[str, str]] = {}
         self.extra_env: dict[str, str] = {}
+        # env var name -> mount path: each container gets the var set to its local copy of
+        # that mount (for code that reads where a volume is mounted from the environment).
+        self.mount_env: dict[str, str] = {}
         # volume name -> {listed path: real path in the volume}: lets a test make the fake
         # list (and serve) an entry under a hostile name such as "run/../../evil".
         self.listing_aliases: dict[str, dict[str, str]] = {}
@@ -107,7 +110,7 @@ class FakeModal:
         self.mounts: dict[str, dict[str, Any]] = {}
         self.volumes: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, dict[str, Any]] = {}
-        self.commits: list[tuple[str, float]] = []
+        self.commits: list[tuple[str, float]] = []  # every VolumeCommit: (volume, time)
         self.logs: dict[str, list[LogEntry]] = {}
         self.max_concurrent_calls = 0
         self.max_concurrent_by_function: dict[str, int] = {}
@@ -123,6 +126,11 @@ class FakeModal:
             self._changed.set()  # release anything still waiting on the old state
         self._changed: asyncio.Event = asyncio.Event()
         self.store.clear()
+
+    def end_calls(self) -> None:
+        """Kill every container at once, ending every call (their records stay)."""
+        if self._loop is not None:
+            self._run(self.executor.shutdown())
 
     def reset(self, root: Path | str | None = None) -> None:
         """Stop everything still running and forget all recorded state (keeps the server up)."""
@@ -220,8 +228,9 @@ class FakeModal:
     def preempt_after(self, seconds: float = 1.0, times: int = 1) -> None:
         """Preempt the next spawned call `times` times, each attempt after `seconds` of running.
 
-        A preempted attempt gets SIGTERM (then SIGKILL after `grace_s`) and the call restarts
-        with the same input as a new attempt, as Modal does after a worker preemption.
+        A preempted attempt's main process gets SIGINT; its container is killed after `grace_s`
+        unless it has exited, and the call restarts with the same input (and the same retry
+        count) in a new container, as Modal does after a worker preemption.
         """
         self._pending_preemptions = [seconds] * times
 
@@ -258,7 +267,8 @@ class FakeModal:
     # ----------------------------------------------------- helpers for tests
 
     def volume_path(self, name: str) -> Path:
-        """Local directory holding the files of volume `name`."""
+        """Local directory holding the committed state of volume `name` (containers work on
+        copies of it, see volumes.py)."""
         return self.root / "volumes" / name
 
     def fault_block_reads(self, volume: str, path: str, *kinds: str) -> None:
@@ -269,6 +279,10 @@ class FakeModal:
         if unknown:
             raise ValueError(f"unknown block-read faults: {sorted(unknown)}")
         self.store.add_faults(str((self.volume_path(volume) / path).resolve()), kinds)
+
+    def block_reads(self, volume: str, path: str) -> list[tuple[int, int]]:
+        """The block reads of a file of a volume served so far: (start offset, bytes sent)."""
+        return self.store.served(str((self.volume_path(volume) / path).resolve()))
 
     def image_commands(self, image_id: str) -> list[str]:
         """All Dockerfile commands of an image, from its root base image down to itself."""
@@ -350,40 +364,6 @@ class FakeModal:
         if app["state"] == "detached_disconnected" and not self.executor.active_calls(app_id):
             self.set_app_state(app_id, "stopped")
 
-    def container_env(self, function_id: str, task_id: str, call_id: str) -> dict[str, str]:
-        """Environment of a function body: ours, the image's ENV, secrets, then test extras."""
-        definition = self.function_defs(function_id)
-        env = dict(os.environ)
-        env.update(self.env())
-        env.update(self.image_env(definition.image_id))
-        for secret_id in definition.secret_ids:
-            secret = self._secret_objects[secret_id]
-            env.update(self.secrets.get(secret["name"], {}) if secret["name"] else secret["env"])
-        env.update(self.extra_env)
-        mounts = {}
-        for m in definition.volume_mounts:
-            volume = self.volume_by_id(m.volume_id)
-            if volume is not None:
-                mounts[m.mount_path] = str(self.volume_path(volume["name"]))
-        container_root = self._materialize_mounts(function_id)
-        python_path = [str(container_root / "root")] + [p for p in [env.get("PYTHONPATH")] if p]
-        env.update(
-            {
-                "FAKE_MODAL_MOUNTS": json.dumps(mounts),
-                "FAKE_MODAL_ROOT": str(container_root),
-                "MODAL_IS_REMOTE": "1",
-                "MODAL_TASK_ID": task_id,
-                "MODAL_IMAGE_ID": definition.image_id,
-                "MODAL_FUNCTION_CALL_ID": call_id,
-                "PYTHONPATH": os.pathsep.join(python_path),
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        # Containers authenticate without user tokens; keeping them would make modal warn.
-        env.pop("MODAL_TOKEN_ID", None)
-        env.pop("MODAL_TOKEN_SECRET", None)
-        return env
-
     def volume_by_id(self, volume_id: str) -> dict[str, Any] | None:
         """The volume record for an id; a volume known before a `reset` is re-registered."""
         name = self._known_volumes.get(volume_id)
@@ -409,20 +389,3 @@ class FakeModal:
             }
         self.volume_path(name).mkdir(parents=True, exist_ok=True)
         return self.volumes[name]
-
-    def _materialize_mounts(self, function_id: str) -> Path:
-        """Write the function's mounts (local dirs, python sources) under one container root."""
-        container_root = self.root / "_fake_modal" / "containers" / function_id
-        if container_root.exists():
-            return container_root
-        for mount_id in self.functions[function_id]["mount_ids"]:
-            mount = self.mounts.get(mount_id, {"files": {}})  # e.g. a named mount from before reset
-            for filename, sha256_hex in mount["files"].items():
-                data = self.store.get_content(sha256_hex)
-                if data is None:
-                    continue
-                target = container_root / filename.lstrip("/")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-        (container_root / "root").mkdir(parents=True, exist_ok=True)
-        return container_root

@@ -1,7 +1,9 @@
 """Pytest fixture ``fake_modal``: one server per session, reset for every test.
 
 Use it from a test module or conftest with ``from fake_modal.fixture import fake_modal``
-(re-export it) or ``pytest_plugins = ["fake_modal.fixture"]``.
+(re-export it) or ``pytest_plugins = ["fake_modal.fixture"]``. A test fails at teardown when
+the fake recorded an internal error or received an RPC it does not implement (`check_clean`).
+Retry delays run at `RETRY_DELAY_SCALE` of the policy's (a 10 s delay takes 0.1 s).
 """
 
 from __future__ import annotations
@@ -13,6 +15,16 @@ from pathlib import Path
 import pytest
 
 from .fake import FakeModal
+
+RETRY_DELAY_SCALE = 0.01
+
+
+def check_clean(fake: FakeModal) -> None:
+    """Fail the test if the fake recorded errors (bugs of the fake, unimplemented RPCs);
+    they are cleared either way, so that each is reported once."""
+    errors, fake.errors[:], fake.unimplemented[:] = list(fake.errors), [], []
+    if errors:
+        pytest.fail("the fake Modal server recorded errors:\n" + "\n".join(errors), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +45,7 @@ def fake_modal(
 
     fake = _fake_modal_server
     fake.reset(root=tmp_path)
+    fake.retry_delay_scale = RETRY_DELAY_SCALE
     cached = _Client._client_from_env  # modal reuses one client per process: not another server's
     if cached is not None and cached.server_url != fake.url:
         _Client._set_env_client(None)
@@ -41,7 +54,9 @@ def fake_modal(
             monkeypatch.delenv(key)
     for key, value in fake.env().items():
         monkeypatch.setenv(key, value)
+    yield fake
+    fake.end_calls()  # errors of the calls' last moments count too
     try:
-        yield fake
+        check_clean(fake)
     finally:
         fake.reset()

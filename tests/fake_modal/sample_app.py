@@ -1,6 +1,7 @@
 """A small Modal app whose functions the fake executes in tests (see test_fake_modal.py).
 
-Function bodies find volume mounts through ``FAKE_MODAL_MOUNTS``, as prm's remote entrypoint does.
+Function bodies find their copies of volume mounts through ``FAKE_MODAL_MOUNTS``; what they
+write reaches the committed state only by a commit or a clean exit, as on Modal.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 import modal
+import modal.exception
 
 app = modal.App("fake-modal-sample", tags={"suite": "fake-modal"})
 volume = modal.Volume.from_name("sample-data", create_if_missing=True, version=2)
@@ -45,33 +48,103 @@ def write_files(run: str, count: int = 2, commit: bool = False) -> dict[str, Any
     if commit:
         volume.commit()  # talks to the fake like a container's client would
     names = ("SAMPLE_ENV", "WANDB_API_KEY", "INLINE_TOKEN", "PRM_RUN", "EXTRA", "MODAL_IS_REMOTE")
-    return {"run": run, "env": {name: os.environ.get(name) for name in names}}
+    return {
+        "run": run,
+        "env": {name: os.environ.get(name) for name in names},
+        "mounts": json.loads(os.environ["FAKE_MODAL_MOUNTS"]),
+        "data_dir": os.environ.get("DATA_DIR"),
+    }
 
 
 @app.function(image=image, volumes={"/data": volume}, timeout=120)
-def sleep_and_record(run: str, seconds: float, lines: int = 1, resume: bool = False) -> int:
-    """Record each start, print `lines` lines spread over `seconds`; note any SIGTERM.
+def sleep_and_record(
+    run: str, seconds: float, lines: int = 1, resume: bool = False, fail_first: bool = False
+) -> int:
+    """Record each start, print `lines` lines spread over `seconds`; note a SIGINT or SIGTERM.
 
-    With `resume`, a restarted attempt finds the earlier start and finishes at once (as a
-    training run resuming from its last checkpoint would). Returns the number of starts.
+    With `fail_first`, the first start raises. With `resume`, a start that finds an earlier one
+    got as far as its sleep finishes at once (as a training run resuming from its last
+    checkpoint would). Returns the number of starts.
     """
     out = data_dir(run)
     task_id = os.environ["MODAL_TASK_ID"]
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        (out / f"sigterm-{task_id}").write_text("terminated\n")
-        sys.exit(143)
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        (out / f"{signal.Signals(signum).name.lower()}-{task_id}").write_text("signalled\n")
+        sys.exit(128 + signum)
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     with (out / "starts.txt").open("a") as f:
         f.write(f"{task_id}\n")
     starts = len((out / "starts.txt").read_text().splitlines())
-    if resume and starts > 1:
+    if fail_first and starts == 1:
+        raise RuntimeError("the first start fails")
+    if resume and (out / "slept.txt").exists():
         return starts
+    (out / "slept.txt").write_text(f"{task_id}\n")
     for i in range(lines):
         print(f"tick {i}", flush=True)
         time.sleep(seconds / lines)
     return starts
+
+
+def _wait_for(path: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+@app.function(image=image, volumes={"/data": volume}, timeout=120)
+def write_commit_write(run: str) -> None:
+    """Write a file and commit, write another and don't, then wait to be killed."""
+    out = data_dir(run)
+    (out / "committed.txt").write_text("committed\n")
+    volume.commit()
+    (out / "uncommitted.txt").write_text("uncommitted\n")
+    print("written", flush=True)
+    time.sleep(120)
+
+
+@app.function(image=image, volumes={"/data": volume}, timeout=120)
+def peek_then_reload(run: str, name: str, release: str) -> dict[str, bool]:
+    """Write a file of its own, then once `release` exists: is `name` there before and after
+    a reload, and is its own file still there?"""
+    out = data_dir(run)
+    (out / "mine.txt").write_text("mine\n")
+    print("ready", flush=True)
+    _wait_for(release)
+    before = (out / name).exists()
+    volume.reload()
+    return {"before": before, "after": (out / name).exists(), "mine": (out / "mine.txt").exists()}
+
+
+@app.function(image=image, volumes={"/data": volume}, timeout=120)
+def wait_for_cancel(run: str, release: str) -> str:
+    """Sleep until cancelled; on InputCancellation, wait for `release`, note it and re-raise."""
+    print("started", flush=True)
+    try:
+        time.sleep(120)
+    except modal.exception.InputCancellation:
+        print("cancelled", flush=True)
+        _wait_for(release)
+        (data_dir(run) / f"cancelled-{os.environ['MODAL_TASK_ID']}").write_text("seen\n")
+        raise
+    return "not cancelled"
+
+
+@app.function(image=image, timeout=120)
+def spawn_grandchild(pid_file: str, linger: bool) -> None:
+    """Start a process in a session of its own (as prm's runner starts its launcher), write
+    its pid, then return at once or linger."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
+    )
+    Path(pid_file).write_text(f"{child.pid}\n")
+    if linger:
+        time.sleep(120)
 
 
 @app.function(image=image, timeout=60)

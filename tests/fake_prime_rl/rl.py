@@ -76,7 +76,8 @@ Dialect ``2025-10`` (prime-rl of Oct 2025, three files):
   orchestrator) file's ``[ckpt] interval`` applies; none means no checkpoints.
 - W&B run ids are per component: ``--trainer.wandb.id``, ``--orchestrator.wandb.id``.
 - ``--inference-gpu-ids`` must hold exactly ``dp * tp`` ids.
-- Logs are ``logs/{inference,orchestrator,trainer}.log``, appended to within a launch.
+- Logs are ``logs/{inference,orchestrator,trainer}.stdout`` (prime-rl then: each opened
+  with "w" on every launch).
 - The launcher does not set ``PRL_RUN_ID`` (it passes on an inherited one).
 
 Both dialects: ``--dry-run`` validates and writes ``configs/`` only, without checking
@@ -953,8 +954,11 @@ class ComponentLogs:
             os.replace(tmp_link, logs_dir / "latest")
         else:
             self.dir = logs_dir
+        # prime-rl 2025-10 (rl.py at 04c0010): each component's output goes to
+        # logs/<component>.stdout, opened with "w" on every launch
+        self.suffix, mode = (".log", "a") if plan.attempt_logs else (".stdout", "w")
         self.files: dict[str, TextIO] = {
-            name: open(self.dir / f"{name}.log", "a", buffering=1, encoding="utf-8")
+            name: open(self.dir / f"{name}{self.suffix}", mode, buffering=1, encoding="utf-8")
             for name in COMPONENTS
         }
         self.ranks: list[tuple[TextIO, TextIO]] = []
@@ -970,7 +974,7 @@ class ComponentLogs:
                 )
 
     def path(self, component: str) -> Path:
-        return self.dir / f"{component}.log"
+        return self.dir / f"{component}{self.suffix}"
 
     def write(self, component: str, *lines: str, raw: bool = False) -> None:
         prefix = "" if raw else time.strftime("%H:%M:%S ")

@@ -92,7 +92,9 @@ def new_record(plan: Plan, outputs: str, sweep_id: str | None = None) -> RunReco
         run_id=plan.run_id, name=plan.experiment, profile=plan.profile, backend=plan.backend,
         status=st.PENDING, created_at=now, updated_at=now, gpu_type=g.type, gpu_count=g.count,
         trainer=g.trainer, inference=g.inference, tp=g.tp, dp=g.dp,
-        usd_per_gpu_hour=g.usd_per_gpu_hour, timeout_s=plan.timeout_s, retries=plan.retries,
+        # the node's whole price (GPUs, CPU, memory) per GPU-hour: what "cost so far" uses
+        usd_per_gpu_hour=round(plan.cost.per_hour_usd / g.count, 6),
+        timeout_s=plan.timeout_s, retries=plan.retries,
         outputs=outputs, meta_dir=plan.meta_dir, run_dir=plan.run_dir, metric=plan.metric,
         sweep_id=sweep_id,
     )

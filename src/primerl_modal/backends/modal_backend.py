@@ -94,7 +94,9 @@ class ModalBackend:
                 "/outputs": self._volume(plan.volumes["/outputs"]),
                 "/cache": self._volume(plan.volumes["/cache"]),
             },
-            secrets=run_secrets(plan), env=dict(plan.env) or None, cpu=plan.cpu,
+            # plan.env goes to prime-rl through the runner, not into the function: it holds
+            # per-run values (PRL_RUN_ID) that would make every sweep trial its own function
+            secrets=run_secrets(plan), cpu=plan.cpu,
             memory=plan.memory_mb, region=plan.region, max_containers=max_containers,
         )
 
@@ -460,9 +462,14 @@ _BLANK: dict[str, Any] = {
 def modal_output(plan: Plan) -> Iterator[None]:
     """Modal's own progress (objects, the image build and its log lines) on stderr, where
     prm's progress goes: stdout stays for data."""
-    console.err().print(f"image: prime-rl {plan.ref[:12]}; the first launch of an image "
-                        "builds it (several minutes, shown below), later launches reuse it",
-                        highlight=False)
+    spec = image_spec(plan)
+    if spec.prebuilt:
+        console.err().print(f"image: {spec.base} (prebuilt: Modal pulls it, nothing is built)",
+                            highlight=False)
+    else:
+        console.err().print(f"image: prime-rl {plan.ref[:12]}; the first launch of an image "
+                            "builds it (several minutes, shown below), later launches reuse it",
+                            highlight=False)
     with contextlib.redirect_stdout(sys.stderr), modal.enable_output():
         yield
 
@@ -485,5 +492,5 @@ def _shape(plan: Plan) -> str:
     spec = image_spec(plan)
     return json.dumps([spec.build_steps(), spec.overlays,
                        plan.gpu.modal_gpu, plan.timeout_s, plan.retries, plan.secrets,
-                       plan.pass_env, dict(plan.env), plan.cpu, plan.memory_mb, plan.region,
+                       plan.pass_env, plan.cpu, plan.memory_mb, plan.region,
                        plan.volumes], default=str)

@@ -8,6 +8,7 @@ Each attempt tails only files that attempt writes, so no line is forwarded twice
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -112,20 +113,27 @@ def pump_pipe(fd: int, sink: Sink, prefix: str = "launcher") -> threading.Thread
 
 
 def component_of(relative: Path) -> str:
-    """``trainer.log`` -> trainer; ``trainer/torchrun/0/stdout.log`` -> trainer; envs -> env."""
+    """``trainer.log`` -> trainer; ``trainer.stdout`` -> trainer;
+    ``trainer/torchrun/0/stdout.log`` -> trainer; envs -> env."""
     head = relative.parts[0]
-    name = head[: -len(".log")] if head.endswith(".log") else head
+    name = head.split(".", 1)[0] if len(relative.parts) == 1 else head
     return "env" if name == "envs" else name
 
 
 class LogTailer:
-    """Follows prime-rl's component log files of the current attempt."""
+    """Follows prime-rl's component log files of the current attempt.
+
+    `current`: each launch writes a new ``logs/attempt_<n>/`` (``*.log``, torchrun ranks
+    below). `2025-10` (rl.py then): ``logs/<component>.stdout``, each opened with "w" (or its
+    folder deleted) by every launch, so a file that shrinks or is replaced is read afresh.
+    """
 
     def __init__(self, run_dir: Path, dialect: str, sink: Sink) -> None:
         self.logs = run_dir / "logs"
         self.dialect = dialect
         self.sink = sink
-        self._files: dict[Path, tuple[int, _LineSplitter]] = {}
+        # path -> (inode, offset, splitter)
+        self._files: dict[Path, tuple[int, int, _LineSplitter]] = {}
         self._old_attempts: set[str] = set()
 
     def snapshot(self) -> None:
@@ -134,29 +142,34 @@ class LogTailer:
             return
         if self.dialect == "current":
             self._old_attempts = {p.name for p in self.logs.glob("attempt_*")}
-        else:
-            for path in self.logs.glob("*.log"):
-                self._files[path] = (path.stat().st_size, _LineSplitter())
+            return
+        for path in self.logs.glob("*.stdout"):
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                self._files[path] = (st.st_ino, st.st_size, _LineSplitter())
 
-    def _roots(self) -> list[Path]:
+    def _paths(self) -> list[tuple[Path, str]]:
         if not self.logs.is_dir():
             return []
-        if self.dialect == "current":
-            return sorted(p for p in self.logs.glob("attempt_*")
-                          if p.is_dir() and p.name not in self._old_attempts)
-        return [self.logs]
+        if self.dialect != "current":
+            return [(p, component_of(Path(p.name))) for p in sorted(self.logs.glob("*.stdout"))]
+        out = []
+        for root in sorted(p for p in self.logs.glob("attempt_*")
+                           if p.is_dir() and p.name not in self._old_attempts):
+            out += [(p, component_of(p.relative_to(root))) for p in sorted(root.glob("**/*.log"))]
+        return out
 
     def poll(self, final: bool = False) -> None:
-        for root in self._roots():
-            pattern = "**/*.log" if self.dialect == "current" else "*.log"
-            for path in sorted(root.glob(pattern)):
-                if path.is_file():
-                    self._read(path, component_of(path.relative_to(root)), final)
+        for path, component in self._paths():
+            self._read(path, component, final)
 
     def _read(self, path: Path, component: str, final: bool) -> None:
-        offset, splitter = self._files.get(path, (0, _LineSplitter()))
         try:
             with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                inode, offset, splitter = self._files.get(path, (st.st_ino, 0, _LineSplitter()))
+                if st.st_ino != inode or st.st_size < offset:  # replaced or truncated
+                    inode, offset, splitter = st.st_ino, 0, _LineSplitter()
                 f.seek(offset)
                 data = f.read()
         except OSError:
@@ -164,5 +177,5 @@ class LogTailer:
         lines = splitter.feed(data)
         if final:
             lines += splitter.rest()
-        self._files[path] = (offset + len(data), splitter)
+        self._files[path] = (inode, offset + len(data), splitter)
         self.sink.emit(component, lines)
