@@ -49,14 +49,18 @@ def final(prm: Any, run_id: str, fake: Any, timeout: float = 120) -> dict[str, A
 
 
 def test_preempted_three_times_resumes_each_time_and_succeeds(prm, modal_env, fast_fake):
-    modal_env.extra_env["FAKE_RL_STEP_SECONDS"] = "0.1"
-    run_id = launched(prm, "reverse-text", "--retries", "1", "--set", "max_steps=24",
+    modal_env.extra_env["FAKE_RL_STEP_SECONDS"] = "0.2"
+    run_id = launched(prm, "reverse-text", "--retries", "1", "--set", "max_steps=40",
                       "--set", "prime_rl.ckpt_interval=2")
+    last = 0
     for n in (1, 2, 3):
-        # each attempt gets as far as a new checkpoint, then its worker is preempted
-        wait_for(lambda n=n: committed_status(modal_env, run_id).get("attempt") == n
-                 and (committed_status(modal_env, run_id).get("progress") or {})
-                 .get("ckpt_step"), timeout=60, what=f"a checkpoint in attempt {n}")
+        # each attempt gets as far as a checkpoint of its own, then its worker is preempted
+        def new_checkpoint(n: int = n, last: int = last) -> int:
+            status = committed_status(modal_env, run_id)
+            step = (status.get("progress") or {}).get("ckpt_step") or 0
+            return step if status.get("attempt") == n and step > last else 0
+
+        last = wait_for(new_checkpoint, timeout=60, what=f"a checkpoint in attempt {n}")
         modal_env.preempt(call_of(run_id))
     status = final(prm, run_id, modal_env)
     assert status["status"] == "SUCCEEDED", status["history"]
@@ -68,8 +72,10 @@ def test_preempted_three_times_resumes_each_time_and_succeeds(prm, modal_env, fa
     assert all(a["resumed_from"] for a in attempts[1:])  # each went on from a checkpoint
     call = modal_env.calls[call_of(run_id)]
     assert [a["retry_count"] for a in call["attempts"]] == [0, 0, 0, 0]  # no retry spent
+    plan = json.loads((modal_env.volume_path("prime-rl-outputs") / "_prm" / run_id /
+                       "plan.json").read_text())
     seen = [r["prl_run_id"] for r in records(fast_fake)]
-    assert len(seen) == 4 and len(set(seen)) == 1 and run_id in seen[0]  # one W&B run
+    assert seen == [plan["env"]["PRL_RUN_ID"]] * 4  # one W&B run across every attempt
 
 
 def test_crashing_twice_with_one_retry_fails_after_two_attempts(prm, modal_env):
@@ -92,7 +98,7 @@ def test_stop_ends_stopped_with_no_further_attempt_and_nothing_left(prm, modal_e
                       and committed_status(modal_env, run_id), what="the launcher's pid")
     r = prm("stop", run_id)
     assert r.code == 0, r.err
-    assert "STOPPED" in r.out
+    assert f"{run_id} STOPPED" in r.err
     status = final(prm, run_id, modal_env)
     assert status["status"] == "STOPPED"
     assert len(status["attempts"]) == 1 and status["attempts"][0]["outcome"] == "STOPPED"

@@ -205,14 +205,18 @@ class Runner:
                                      "being told to stop: killing it"])
                 signal_group(self.proc.pid, signal.SIGKILL)
                 killed = True
+            ckpt = progress.summary.get("ckpt_step")
             dirty = progress.poll() or dirty
+            new_checkpoint = progress.summary.get("ckpt_step") != ckpt
             since_save = now - last_save
-            if (dirty and since_save >= _SAVE_EVERY_S) or since_save >= _HEARTBEAT_S:
+            if (dirty and since_save >= _SAVE_EVERY_S) or since_save >= _HEARTBEAT_S or \
+                    new_checkpoint:
                 self.state.data["progress"] = progress.summary
                 self.state.data["runner"]["heartbeat_at"] = time.time()
                 self.state.save()
                 last_save, dirty = now, False
-            if now - last_commit >= self.options.commit_every:
+            # A complete checkpoint is published at once: no kill can take it back then.
+            if new_checkpoint or now - last_commit >= self.options.commit_every:
                 self.commit()
                 last_commit = now
         code = self.proc.returncode
