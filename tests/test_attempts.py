@@ -69,3 +69,13 @@ def test_a_new_attempt_closes_the_one_that_was_killed(tmp_path: Path) -> None:
     assert first["outcome"] == second["outcome"] == "KILLED"
     assert first["failure"] is False and second["failure"] is True
     assert state.failures("fc-a") == 1
+
+
+def test_torn_folders_are_set_aside_not_deleted(tmp_path: Path) -> None:
+    from primerl_modal.runner.checkpoints import set_aside
+
+    _checkpoint(tmp_path, 2, complete=False)
+    aside = set_aside(tmp_path, (2,))
+    assert not (tmp_path / "checkpoints" / "step_2").exists()
+    assert (aside / "step_2" / "trainer" / "__0_0.distcp").read_bytes() == b"shard"
+    assert resume_from("current", tmp_path).skipped == ()

@@ -85,7 +85,7 @@ def test_stop_then_resume_continues_from_the_checkpoint(prm, local_profile, fast
     rec = record(run_id)
     assert rec.status == "SUCCEEDED" and rec.attempts == 2 and rec.step == 14
     argvs = [json.loads(x)["argv"] for x in fast_fake.read_text().splitlines()]
-    assert "--resume" not in argvs[0] and "--resume" in argvs[1]
+    assert "--resume" not in argvs[0] and "--resume.step" in argvs[1]
     assert not any("--clean" in a for a in argvs)
     logs = Path(rec.meta_dir) / "logs"
     assert (logs / "attempt_1.log").stat().st_size > 0

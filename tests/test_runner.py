@@ -240,3 +240,20 @@ def test_a_platform_cancellation_is_a_stop(local_profile, fast_fake, tmp_path, m
     assert status["attempts"][0]["failure"] is False
     with pytest.raises(ProcessLookupError):
         os.killpg(launcher, 0)
+
+
+def test_a_torn_first_checkpoint_is_set_aside_and_the_run_starts_afresh(
+        local_profile, fast_fake, monkeypatch):
+    monkeypatch.setenv("FAKE_RL_DIE_IN_CHECKPOINT_AT_STEP", "2")
+    plan = make_plan(local_profile)
+    options = RunnerOptions(Path(plan["outputs_root"]))
+    assert run(plan, lambda: None, options, io.StringIO()) != 0
+    run_dir = Path(plan["run_dir"])
+    assert not (run_dir / "checkpoints" / "step_2" / "trainer" / ".metadata").exists()
+    monkeypatch.delenv("FAKE_RL_DIE_IN_CHECKPOINT_AT_STEP")
+    out = io.StringIO()
+    assert run(plan, lambda: None, options, out) == 0, out.getvalue()
+    assert calls(fast_fake)[1][-1] == "--resume"  # no complete checkpoint: from the start
+    assert "moved it to" in out.getvalue()
+    assert (run_dir / "incomplete-checkpoints" / "step_2").is_dir()
+    assert status_of(plan)["status"] == "SUCCEEDED"

@@ -228,6 +228,8 @@ class ModalBackend:
         start the run's call. From the moment the call exists, Ctrl-C is held until the
         caller's ``hold`` ends, so a started run is always recorded."""
         with modal_errors():
+            for name in plan.volumes.values():  # a wrong one is said before any build
+                self._volume(name).hydrate()
             app, function = self.define(plan, sweep_id)
             with modal_output(plan), app.run(name=plan.run_id, detach=True):
                 call = function.spawn(plan.to_json(with_input_texts=True))

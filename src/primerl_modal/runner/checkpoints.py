@@ -35,6 +35,22 @@ def latest_complete(run_dir: Path) -> int | None:
     return max((n for n, p in steps.items() if is_complete(p)), default=None)
 
 
+def set_aside(run_dir: Path, steps: tuple[int, ...]) -> Path:
+    """Move torn step folders out of `checkpoints/` (into `incomplete-checkpoints/`, kept,
+    not deleted): prime-rl's bare `--resume` would pick the newest and fail to load it on
+    every attempt."""
+    aside = run_dir / "incomplete-checkpoints"
+    aside.mkdir(exist_ok=True)
+    for n in steps:
+        target = aside / f"step_{n}"
+        suffix = 1
+        while target.exists():
+            suffix += 1
+            target = aside / f"step_{n}.{suffix}"
+        (run_dir / "checkpoints" / f"step_{n}").rename(target)
+    return aside
+
+
 @dataclass(frozen=True)
 class Resume:
     args: tuple[str, ...]

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from primerl_modal.core import status as st
 from primerl_modal.core.plan import META_DIR
-from primerl_modal.runner.checkpoints import resume_from
+from primerl_modal.runner.checkpoints import resume_from, set_aside
 from primerl_modal.runner.forward import LogTailer, Sink, pump_pipe
 from primerl_modal.runner.progress import Progress, max_steps_from_argv
 from primerl_modal.runner.state import RunState, read_json, stop_requested, write_json_atomic
@@ -142,8 +142,13 @@ class Runner:
         self.sink = sink = Sink(self.out, self.meta_dir / "logs" / f"attempt_{n}.log")
         sink.emit("runner", [f"{self.run_id}: attempt {n}", shlex.join(argv)])
         if resume and resume.skipped:
-            sink.emit("runner", [f"checkpoint step {', '.join(map(str, resume.skipped))} is "
-                                 f"incomplete (no trainer/.metadata): not resumed from"])
+            torn = ", ".join(map(str, resume.skipped))
+            sink.emit("runner", [f"checkpoint step {torn} is incomplete (no trainer/.metadata):"
+                                 " not resumed from"])
+            if resume.step is None and self.plan["dialect"] == "current":
+                aside = set_aside(self.run_dir, resume.skipped)
+                sink.emit("runner", [f"moved it to {aside} so that --resume starts afresh "
+                                     "instead of failing to load it"])
         tailer = LogTailer(self.run_dir, self.plan["dialect"], sink)
         tailer.snapshot()
         progress = Progress(self.run_dir, self.plan.get("metric", "reward/mean"),
