@@ -53,3 +53,35 @@ def test_a_volume_of_the_wrong_version_is_one_line(prm, modal_env) -> None:
     assert r.err.startswith("prm: error: Modal volume 'prime-rl-outputs' is not a v2 volume")
     assert "modal volume create --version 2" in r.err and r.err.count("\n") == 1
     assert not modal_env.calls  # nothing started
+
+
+def test_the_first_build_is_shown_and_later_launches_reuse_it(prm, modal_env) -> None:
+    modal_env.build_seconds = 1.0
+    first = prm("run", "reverse-text", "--detach")
+    assert first.code == 0, first.err
+    assert first.out.strip().startswith("reverse-text-")  # stdout: the run id alone
+    assert "first launch of an image builds it" in first.err
+    assert "Step 1/" in first.err and "uv sync --all-extras --all-packages" in first.err
+    second = prm("run", "reverse-text", "--detach")
+    assert second.code == 0, second.err
+    assert "Step 1/" not in second.err  # the image is reused: nothing is built
+
+
+def test_ctrl_c_during_the_build_launches_nothing(modal_env, prm_home: Path,
+                                                  tmp_path: Path) -> None:
+    import signal
+
+    from conftest import wait_for
+
+    modal_env.build_seconds = 60.0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env |= modal_env.env() | {"PRM_HOME": str(prm_home)}
+    proc = subprocess.Popen([*PRM, "run", "reverse-text", "--detach"], env=env, cwd=tmp_path,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: "ImageJoinStreaming" in modal_env.requests, timeout=60,
+             what="the image build")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: nothing was launched" in err and "Traceback" not in err
+    assert out == "" and not modal_env.calls and open_index().list() == []

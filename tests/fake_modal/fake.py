@@ -107,6 +107,10 @@ class FakeModal:
         self.functions: dict[str, dict[str, Any]] = {}
         self.images: dict[str, dict[str, Any]] = {}
         self.image_requests: list[dict[str, Any]] = []
+        # An image not built before takes this long to build, streaming a log line per
+        # Dockerfile command as Modal's builder does (0: every image is ready at once).
+        self.build_seconds: float = 0.0
+        self.built_images: set[str] = set()
         self.mounts: dict[str, dict[str, Any]] = {}
         self.volumes: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, dict[str, Any]] = {}

@@ -9,6 +9,7 @@ volume_rpcs.py, functions and calls in function_rpcs.py. Every RPC of
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sys
 import time
@@ -287,6 +288,9 @@ class FakeModalServicer(LogRpcs, VolumeRpcs, FunctionRpcs, ModalClientBase):
         }
         self.fake.images[image_id] = record
         self.fake.image_requests.append(record)
+        if self.fake.build_seconds and image_id not in self.fake.built_images:
+            # not built yet: the client joins the build's log stream for the result
+            return api_pb2.ImageGetOrCreateResponse(image_id=image_id)
         return api_pb2.ImageGetOrCreateResponse(
             image_id=image_id,
             result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
@@ -297,6 +301,16 @@ class FakeModalServicer(LogRpcs, VolumeRpcs, FunctionRpcs, ModalClientBase):
     async def ImageJoinStreaming(
         self, request: api_pb2.ImageJoinStreamingRequest
     ) -> AsyncIterator[Any]:
+        """A build's log, a line per Dockerfile command spread over `build_seconds`, then
+        its result; an image built before answers with the result alone."""
+        if request.image_id not in self.fake.built_images and self.fake.build_seconds:
+            commands = self.fake.images[request.image_id]["dockerfile_commands"] or ["FROM"]
+            for i, command in enumerate(commands):
+                await asyncio.sleep(self.fake.build_seconds / len(commands))
+                log = api_pb2.TaskLogs(data=f"Step {i + 1}/{len(commands)} : {command}\n",
+                                       file_descriptor=api_pb2.FILE_DESCRIPTOR_STDOUT)
+                yield api_pb2.ImageJoinStreamingResponse(task_logs=[log], entry_id=str(i + 1))
+        self.fake.built_images.add(request.image_id)
         yield api_pb2.ImageJoinStreamingResponse(
             result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
             metadata=self._image_metadata(),
