@@ -32,11 +32,12 @@ from primerl_modal.core.profile import ResolvedProfile
 from primerl_modal.core.run_id import trial_index
 from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
+from primerl_modal.processes import carries, end_run_group, same_process
 from primerl_modal.run_index import RunIndex, RunRecord, SweepRecord
-from primerl_modal.runner.core import reap_group
 from primerl_modal.runner.state import (
     STOP_MARKER,
     RunState,
+    close_attempt,
     read_json,
     request_stop,
     runner_pid,
@@ -83,9 +84,19 @@ def runner_alive(pid: int | None, what: bytes = b"primerl_modal.runner") -> bool
     return what in cmdline
 
 
-def _end_group(pgid: int | None) -> None:
-    if pgid:
-        reap_group(pgid)
+def live_runner(meta_dir: str | Path, status: Mapping[str, Any],
+                fallback: int | None = None) -> int | None:
+    """The pid of this run's runner if it provably still runs, else None: the start time
+    it recorded (same boot), and the run's plan in its command line. A pid that is not
+    provably the run's runner is never signalled."""
+    marker = str(Path(meta_dir) / "plan.json").encode()
+    recorded = status.get("runner")
+    if isinstance(recorded, Mapping) and recorded.get("start") is not None:
+        pid = recorded.get("pid")
+        ours = same_process(recorded) and isinstance(pid, int) and carries(pid, marker)
+        return pid if ours else None
+    pid = runner_pid(status, fallback)  # recorded by an older runner, or just spawned
+    return pid if pid and runner_alive(pid) and carries(pid, marker) else None
 
 
 def spawn_runner(meta: Path, outputs_root: str) -> int:
@@ -152,7 +163,12 @@ class LocalBackend:
     def launch(self, plan: Plan, *, sweep_id: str | None = None) -> RunRecord:
         self._check_machine(plan)
         record = _prepare(plan, sweep_id)
-        self.index.upsert(record)
+        try:
+            self.index.upsert(record)
+        except BaseException:
+            # not recorded, not launched: leave no folder to be listed as a run later
+            shutil.rmtree(plan.meta_dir, ignore_errors=True)
+            raise
         record.pid = spawn_runner(Path(plan.meta_dir), plan.outputs_root)
         self.index.update(plan.run_id, pid=record.pid)
         return record
@@ -170,16 +186,21 @@ class LocalBackend:
         if status is None:
             return record
         apply_status(record, status)
-        pid = runner_pid(status, record.pid)
         queued = (record.status == st.PENDING and record.sweep_id is not None
                   and controller_alive(record.outputs, record.sweep_id))
-        if not st.is_final(record.status) and not queued and not runner_alive(pid):
-            # The runner was killed without a chance to write its end: say so, and leave
-            # no launcher behind it.
-            _end_group(status.get("launcher_pid"))
+        if not st.is_final(record.status) and not queued and \
+                live_runner(record.meta_dir, status, record.pid) is None:
+            # The runner was killed without a chance to write its end: say so, close its
+            # attempt, and leave nothing of the run's behind it.
+            left = end_run_group(status.get("launcher_pid"), record.run_id)
             state = RunState(Path(record.meta_dir), dict(status))
-            state.set_status(st.LOST, f"runner (pid {pid}) is gone without a final status;"
-                             f" its errors, if any, are in {record.meta_dir}/runner.err")
+            close_attempt(state.data, st.LOST)
+            note = (f"runner is gone without a final status; its errors, if any, are in "
+                    f"{record.meta_dir}/runner.err")
+            if left:
+                note += "; processes in its launcher's group are not provably the run's: " \
+                        "left alone"
+            state.set_status(st.LOST, note)
             apply_status(record, state.data)
         self.index.upsert(record)
         return record
@@ -190,19 +211,24 @@ class LocalBackend:
             return f"{record.run_id} is already {record.status}; nothing to stop"
         meta = Path(record.meta_dir)
         request_stop(meta)
-        pid = runner_pid(read_status(meta) or {}, record.pid)
-        if pid and runner_alive(pid):
+
+        def runner() -> int | None:
+            return live_runner(meta, read_status(meta) or {}, record.pid)
+
+        pid = runner()
+        if pid:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_WAIT_S
-        while time.monotonic() < deadline and runner_alive(pid):
+        while time.monotonic() < deadline and runner():
             time.sleep(0.1)
         status = read_status(meta) or {}
         if not st.is_final(status.get("status", "")):
             # The runner did not finish its own bookkeeping: end it and record the stop.
-            if pid and runner_alive(pid):
+            if pid := runner():
                 os.kill(pid, signal.SIGKILL)
-            _end_group(status.get("launcher_pid"))
+            end_run_group(status.get("launcher_pid"), record.run_id)
             state = RunState(meta, dict(status) or RunState.create(meta, record.run_id).data)
+            close_attempt(state.data, st.STOPPED)
             state.set_status(st.STOPPED, "stopped by prm stop (runner did not answer)")
         record = self._refresh_one(record)
         return f"{record.run_id} {record.status}"
@@ -341,7 +367,10 @@ def _reopen(record: RunRecord) -> None:
     meta = Path(record.meta_dir)
     with contextlib.suppress(FileNotFoundError):
         (meta / STOP_MARKER).unlink()
-    RunState.load(meta, record.run_id).set_status(st.PENDING, "resume requested")
+    state = RunState.load(meta, record.run_id)
+    # the last runner is gone: until the new one records itself, the index's pid stands
+    state.data.pop("runner", None)
+    state.set_status(st.PENDING, "resume requested")
     record.status, record.ended_at, record.note = st.PENDING, None, "resume requested"
 
 

@@ -17,14 +17,13 @@ from primerl_modal.runner.state import (
     RunState,
     read_json,
     request_stop,
-    runner_pid,
     write_json_atomic,
 )
 from primerl_modal.sweep_control import Hooks, TrialState, control
 
 
 def main(argv: list[str] | None = None) -> int:
-    from primerl_modal.backends.local import runner_alive, spawn_runner
+    from primerl_modal.backends.local import live_runner, spawn_runner
 
     parser = argparse.ArgumentParser(prog="python -m primerl_modal.backends.local_sweep")
     parser.add_argument("--sweep-dir", type=Path, required=True)
@@ -44,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         final = str(status.get("status", ""))
         if st.is_final(final):
             return final
-        return None if runner_alive(runner_pid(status, int(t.handle or 0))) else st.LOST
+        alive = live_runner(meta_root / t.run_id, status, int(t.handle or 0))
+        return None if alive else st.LOST
 
     def stop(t: TrialState) -> None:
         request_stop(meta_root / t.run_id)
-        pid = runner_pid(status_of(t), int(t.handle or 0))
-        if pid and runner_alive(pid):
+        pid = live_runner(meta_root / t.run_id, status_of(t), int(t.handle or 0))
+        if pid:
             os.kill(pid, signal.SIGTERM)
 
     def mark_stopped(t: TrialState) -> None:

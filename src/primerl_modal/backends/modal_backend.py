@@ -41,7 +41,12 @@ from primerl_modal.core.run_id import trial_index
 from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunIndex, RunRecord, SweepRecord
-from primerl_modal.runner.state import STOP_MARKER, json_object, record_status
+from primerl_modal.runner.state import (
+    STOP_MARKER,
+    close_attempt,
+    json_object,
+    record_status,
+)
 from primerl_modal.sweeps import SweepPlan, sweep_record
 from primerl_modal.transfer import Source
 from primerl_modal.ui import console
@@ -267,9 +272,17 @@ class ModalBackend:
         if status:
             apply_status(record, status)
         if not app_alive and not st.is_final(record.status):
-            record.status = st.LOST
-            record.note = "the Modal app is gone and the run never wrote a final status"
-            record.ended_at = record.ended_at or time.time()
+            # Recorded on the volume too (the run's own files are the truth), with the
+            # attempt that never recorded its end closed.
+            lost = dict(status or {"run_id": record.run_id})
+            close_attempt(lost, st.LOST)
+            record_status(lost, st.LOST, "the Modal app is gone and the run never wrote a "
+                                         "final status")
+            with contextlib.suppress(modal.exception.Error, PrmError):
+                self._upload(record.outputs,
+                             {"status.json": json.dumps(lost, indent=1).encode()},
+                             record.run_id)
+            apply_status(record, lost)
         self.index.upsert(record)
         return record
 
@@ -310,7 +323,9 @@ class ModalBackend:
                 if r.run_id in calls:
                     with contextlib.suppress(modal.exception.Error):
                         calls[r.run_id].cancel(terminate_containers=True)
-                record_status(status or {"run_id": r.run_id}, st.STOPPED,
+                status = status or {"run_id": r.run_id}
+                close_attempt(status, st.STOPPED)
+                record_status(status, st.STOPPED,
                               "stopped by prm stop (the runner did not record it; its "
                               "container was terminated)")
                 self._upload(r.outputs, {"status.json": json.dumps(status, indent=1).encode()},

@@ -176,8 +176,8 @@ class Runner:
         env = {**os.environ, **self.plan.get("env", {}), "PRM_RUN_ID": self.run_id}
         try:
             self.proc = subprocess.Popen(
-                argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                dies_with_this_process(argv), cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             )
         except OSError as e:
             sink.emit("runner", [f"cannot start the launcher {argv[0]!r}: {e}"])
@@ -318,6 +318,30 @@ class Runner:
             self.state.data["ended_at"] = time.time()
         self.state.set_status(outcome, note)
         self.commit()
+
+
+# Linux's parent-death signal, set in the launcher's own process before it execs prime-rl:
+# should this runner die (kill -9, out of memory), the launcher gets SIGTERM and stops its
+# components, instead of training on unsupervised. A thread-safe exec shim rather than a
+# preexec_fn, which may deadlock in a process with threads.
+_PARENT_DEATH_SHIM = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):  # the runner died before the line above
+    os._exit(143)
+try:
+    os.execvp(sys.argv[2], sys.argv[2:])
+except OSError as e:
+    print(f"cannot start the launcher {sys.argv[2]!r}: {e}", file=sys.stderr)
+    os._exit(127)
+"""
+
+
+def dies_with_this_process(argv: list[str]) -> list[str]:
+    """``argv`` started so that it gets SIGTERM when this process dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return argv
+    return [sys.executable, "-c", _PARENT_DEATH_SHIM, str(os.getpid()), *argv]
 
 
 def signal_group(pid: int, signum: int) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from primerl_modal.core import status as st
+from primerl_modal.processes import identity
 
 STOP_MARKER = "stop-requested"
 
@@ -104,7 +105,8 @@ class RunState:
             "host": socket.gethostname(), "argv": argv, **({"call_id": call_id} if call_id else {}),
         })
         self.data.setdefault("started_at", now())
-        self.data["runner"] = {"pid": os.getpid(), "host": socket.gethostname(),
+        # what proves later that a pid is still this runner (see processes.py)
+        self.data["runner"] = {**identity(os.getpid()), "host": socket.gethostname(),
                                "heartbeat_at": now()}
         self.event("attempt_started", argv=argv, resumed=resumed, resumed_from=resumed_from)
         return n
@@ -133,6 +135,16 @@ class RunState:
         attempt still in progress is not counted."""
         return sum(1 for a in self.data.get("attempts", [])
                    if isinstance(a, dict) and a.get("call_id") == call_id and a.get("failure"))
+
+
+def close_attempt(data: dict[str, Any], outcome: str) -> None:
+    """End a run's last attempt from outside its runner (which is gone: LOST, or a stop
+    written for it), when the runner could not record the end itself."""
+    attempts = data.get("attempts")
+    last = attempts[-1] if isinstance(attempts, list) and attempts else None
+    if isinstance(last, dict) and "outcome" not in last:
+        last.update({"ended_at": now(), "outcome": outcome, "exit_code": None,
+                     "failure": False})
 
 
 def record_status(data: dict[str, Any], status: str, note: str, **fields: Any) -> None:
