@@ -173,3 +173,15 @@ def test_lost_on_modal_is_written_to_the_volume(prm, modal_env):
     assert rec.status == "LOST"
     status = json.loads(path.read_text())
     assert status["status"] == "LOST" and status["attempts"][-1]["outcome"] == "LOST"
+
+
+def test_an_index_that_disagrees_with_the_runs_own_status_is_corrected(prm, local_profile,
+                                                                      fast_fake):
+    r = prm("run", str(local_profile))
+    assert r.code == 0, r.err
+    (rec,) = open_index().list()
+    open_index().update(rec.run_id, status="LOST")  # what a lost race left behind
+    r = prm("show", rec.run_id, "--json")
+    assert r.code == 0, r.err
+    assert r.json()["run"]["status"] == "SUCCEEDED"
+    assert record(rec.run_id).status == "SUCCEEDED"

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,3 +110,28 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path):
         t.join()
     assert not errors
     assert len(RunIndex(path).list()) == 400
+
+
+def _open_and_write(path: str, barrier: Any, k: int) -> None:
+    barrier.wait(timeout=120)
+    ix = RunIndex(Path(path))
+    ix.upsert(rec(f"p{k}", float(k)))
+    ix.close()
+
+
+def test_processes_creating_a_fresh_index_at_once_all_succeed(tmp_path: Path):
+    """8 processes released together onto an index that does not exist yet: every one
+    opens it and writes (no "not a prm index", no "database is locked"). One round meets
+    the race only now and then, so there are many."""
+    ctx = multiprocessing.get_context("fork")  # cheap to start: a round takes milliseconds
+    for n in range(30):
+        path = tmp_path / f"round-{n}" / "index.sqlite3"
+        barrier = ctx.Barrier(8)
+        procs = [ctx.Process(target=_open_and_write, args=(str(path), barrier, k))
+                 for k in range(8)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+        assert [p.exitcode for p in procs] == [0] * 8, f"round {n}: a process failed"
+        assert sorted(r.run_id for r in RunIndex(path).list()) == [f"p{k}" for k in range(8)]

@@ -137,8 +137,10 @@ def _parents(found: Sequence[Found]) -> dict[Path, list[str]]:
 
 def _summary(plan: Any) -> str:
     g = plan.gpu
-    text = (f"plans: {g.modal_gpu} ({g.trainer} trainer, {g.inference} inference, tp {g.tp}), "
-            f"{plan.backend}, ${plan.cost.per_hour_usd:,.2f}/h")
+    split = f"({g.trainer} trainer, {g.inference} inference, tp {g.tp})"
+    text = (f"plans: {g.modal_gpu} {split}, modal, ${plan.cost.per_hour_usd:,.2f}/h"
+            if plan.backend == "modal" else
+            f"plans: {g.count} GPUs {split}, {plan.backend} (this machine's GPUs)")
     if plan.warnings:
         text += f"; warning: {plan.warnings[0]}"
     return text
@@ -239,7 +241,7 @@ def check_index() -> Check:
             runs = index.db.execute("SELECT count(*) FROM runs").fetchone()[0]
             version = index.db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as e:
-            return _error_check("run index", index._broken(str(e)))
+            return _error_check("run index", index._error(e))
         if health != "ok":
             return _error_check("run index", index._broken(f"integrity check: {health}"))
         if version != len(MIGRATIONS):

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from primerl_modal.core import status as st
 from primerl_modal.core.logs import LogLine
-from primerl_modal.core.plan import Layout, Plan
+from primerl_modal.core.plan import Layout, Plan, plan_from_json
 from primerl_modal.core.profile import ResolvedProfile
 from primerl_modal.core.selection import RemoteFile
+from primerl_modal.core.shapes import WRONG, clean, summary
 from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunRecord, SweepRecord
-from primerl_modal.runner.state import read_json
 
 if TYPE_CHECKING:
     from primerl_modal.sweeps import SweepPlan
@@ -100,25 +100,40 @@ def new_record(plan: Plan, outputs: str, sweep_id: str | None = None) -> RunReco
     )
 
 
-def apply_status(record: RunRecord, status: Mapping[str, Any]) -> RunRecord:
-    """Copy what a run's status.json says onto its index record."""
-    progress = status.get("progress") or {}
-    history = status.get("history") or [{}]
-    record.status = status.get("status", record.status)
-    record.attempts = status.get("attempt", record.attempts)
-    record.started_at = status.get("started_at", record.started_at)
-    record.ended_at = status.get("ended_at", record.ended_at)
-    record.exit_code = status.get("exit_code", record.exit_code)
+def apply_status(record: RunRecord, status: Any) -> RunRecord:
+    """Copy what a run's status.json says onto its index record. Total: ``status`` may be
+    anything read from that file (see st.checked_status); a damaged one makes the run
+    UNKNOWN with a note, instead of breaking every listing it is part of."""
+    now = time.time()
+    data = st.checked_status(status, now)
+    progress = data.get("progress") or {}
+    history = data.get("history") or [{}]
+    record.status = data["status"]
+    record.attempts = data.get("attempt") or record.attempts  # the index has no null here
+    record.started_at = data.get("started_at", record.started_at)
+    record.ended_at = data.get("ended_at", record.ended_at)
+    record.exit_code = data.get("exit_code", record.exit_code)
     record.step = progress.get("step", record.step)
     record.max_steps = progress.get("max_steps", record.max_steps)
     record.metric_value = progress.get("value", record.metric_value)
     record.note = history[-1].get("note", record.note)
-    record.updated_at = time.time()
+    record.updated_at = now
     return record
 
 
+def parse_status(data: bytes | None) -> dict[str, Any] | None:
+    """A run's status.json from its bytes: None when there is none yet, else always a usable
+    status (st.status_from_json: UNKNOWN, with a note, when the file is not one)."""
+    return None if data is None else st.status_from_json(data, time.time())
+
+
 def read_status(meta_dir: str | Path) -> dict[str, Any] | None:
-    return read_json(Path(meta_dir) / "status.json")
+    """parse_status of the status.json in ``meta_dir`` (a local run)."""
+    try:
+        data = (Path(meta_dir) / "status.json").read_bytes()
+    except OSError:  # missing, or not ours to read: as if not written yet
+        return None
+    return parse_status(data)
 
 
 def require_resumable(record: RunRecord) -> None:
@@ -140,15 +155,39 @@ def resumable_trials(sweep: SweepRecord, trials: list[RunRecord]) -> list[RunRec
     return again
 
 
-def record_from_stored(plan_json: Mapping[str, Any], status: Mapping[str, Any] | None,
-                       outputs: str) -> RunRecord:
-    """An index record rebuilt from a run's plan.json and status.json (`prm ls --all`)."""
-    from primerl_modal.core.plan import plan_from_json
+def stored_plan(plan_json: Any, where: str) -> Plan:
+    """The plan a run's plan.json (at ``where``) holds.
 
-    record = new_record(plan_from_json(plan_json), outputs, plan_json.get("sweep_id"))
-    if status:
-        history = status.get("history") or []
-        if history:
-            record.created_at = history[0].get("at", record.created_at)
-        apply_status(record, status)
+    Raises PrmError when it holds none: a key missing, a value of the wrong type.
+    """
+    found: list[str] = []
+    if clean(plan_json, dict[str, Any], "", found) is WRONG:
+        raise PrmError(f"{where} unreadable: {found[0]}")
+    try:
+        plan = plan_from_json(plan_json)
+    except KeyError as e:
+        raise PrmError(f"{where} unreadable: no {e}") from None
+    except (TypeError, AttributeError, ValueError) as e:
+        raise PrmError(f"{where} unreadable: not a plan ({e})") from None
+    clean(plan, Plan, "", found)
+    if not found and plan.gpu.count < 1:  # new_record divides by it
+        found.append(f"gpu.count is {plan.gpu.count}")
+    if found:
+        raise PrmError(f"{where} unreadable: {summary(found)}")
+    return plan
+
+
+def record_from_stored(plan_json: Any, status: Any, outputs: str, where: str) -> RunRecord:
+    """An index record rebuilt from a run's plan.json (at ``where``) and status.json
+    (`prm ls --all`); ``status`` None when the run has none yet.
+
+    Raises PrmError when plan.json holds no plan (see stored_plan).
+    """
+    plan = stored_plan(plan_json, where)
+    record = new_record(plan, outputs, plan.sweep_id)
+    if status is not None:
+        data = st.checked_status(status, time.time())
+        history = data.get("history") or [{}]
+        record.created_at = history[0].get("at", record.created_at)
+        apply_status(record, data)
     return record

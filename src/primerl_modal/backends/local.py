@@ -318,8 +318,7 @@ class LocalBackend:
         return follow_attempt_logs(record, lambda: self._refresh_one(record), seen)
 
     def discover(self, known: set[str]) -> list[RunRecord]:
-        roots = {str(paths.prm_home() / "outputs")}
-        roots |= {r.outputs for r in self.index.list() if r.backend == self.name}
+        roots = {str(paths.prm_home() / "outputs")} | self.index.outputs_locations(self.name)
         found = []
         for root in sorted(roots):
             for plan_path in sorted(Path(root).glob(f"{META_DIR}/*/plan.json")):
@@ -327,7 +326,12 @@ class LocalBackend:
                 plan = read_json(plan_path)
                 if run_id in known or not plan or plan.get("backend") != self.name:
                     continue
-                record = record_from_stored(plan, read_status(plan_path.parent), root)
+                try:
+                    record = record_from_stored(plan, read_status(plan_path.parent), root,
+                                                str(plan_path))
+                except PrmError as e:  # one damaged run does not hide the others
+                    warn(f"skipped a run: {e.one_line()}")
+                    continue
                 self.index.upsert(record)
                 found.append(record)
         return found

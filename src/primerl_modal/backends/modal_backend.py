@@ -25,6 +25,7 @@ from primerl_modal.backends import modal_remote
 from primerl_modal.backends.base import (
     apply_status,
     new_record,
+    parse_status,
     record_from_stored,
     require_resumable,
     resumable_trials,
@@ -250,7 +251,7 @@ class ModalBackend:
                 batch.put_file(io.BytesIO(data), f"/{path}")
 
     def read_status(self, record: RunRecord) -> dict[str, Any] | None:
-        return json_object(self._read(record.outputs, f"{META_DIR}/{record.run_id}/status.json"))
+        return parse_status(self._read(record.outputs, f"{META_DIR}/{record.run_id}/status.json"))
 
     def _live_apps(self) -> set[str]:
         return {a.app_id for a in modal.Environment.from_context().apps.list() if a.app_id}
@@ -412,8 +413,8 @@ class ModalBackend:
     def _outputs_volumes(self) -> set[str]:
         from primerl_modal.core.schema import BY_DOTTED
 
-        names = {BY_DOTTED["modal.outputs_volume"].default}
-        return names | {r.outputs for r in self.index.list() if r.backend == self.name}
+        return {BY_DOTTED["modal.outputs_volume"].default} | self.index.outputs_locations(
+            self.name)
 
     def discover(self, known: set[str]) -> list[RunRecord]:
         connect()
@@ -434,7 +435,12 @@ class ModalBackend:
                     if not plan:
                         continue
                     status = json_object(self.read_meta(probe, "status.json"))
-                    record = record_from_stored(plan, status, name)
+                    try:
+                        record = record_from_stored(
+                            plan, status, name, f"volume {name}: {META_DIR}/{run_id}/plan.json")
+                    except PrmError as e:  # one damaged run does not hide the others
+                        console.warn(f"skipped a run: {e.one_line()}")
+                        continue
                     self.index.upsert(record)
                     found.append(record)
         return found

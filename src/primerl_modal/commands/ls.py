@@ -47,6 +47,7 @@ def ls(
     from primerl_modal.core.durations import parse_duration
     from primerl_modal.errors import UsageError
     from primerl_modal.run_index import open_index
+    from primerl_modal.ui.console import warn
     from primerl_modal.ui.runs import run_columns
     from primerl_modal.ui.table import emit
 
@@ -69,8 +70,12 @@ def ls(
     if wanted:
         records = [r for r in records if r.status in wanted][: limit or None]
     # "no runs yet" would be untrue when a place that may hold runs could not be searched
-    emit(records, run_columns(), json_out=json_out,
-         empty="no runs yet: start one with `prm run PROFILE`" if complete else "")
+    empty = ("no runs match" if wanted or sweep or since
+             else "no runs yet: start one with `prm run PROFILE`")
+    emit(records, run_columns(), json_out=json_out, empty=empty if complete else "")
+    for r in records:
+        if r.status == st.UNKNOWN:  # the table has no room for why
+            warn(f"{r.run_id} is {r.status}: {r.note}")
 
 
 def refresh_all(index: RunIndex, records: list[RunRecord]) -> list[RunRecord]:

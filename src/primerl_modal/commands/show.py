@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from datetime import datetime
@@ -25,8 +26,8 @@ def show(
       prm show math-8x-261129 --json | jq .status.attempts
     """
     from primerl_modal.backends import get_backend
+    from primerl_modal.backends.base import apply_status, parse_status
     from primerl_modal.run_index import open_index
-    from primerl_modal.runner.state import json_object
     from primerl_modal.ui import console
     from primerl_modal.ui.runs import cost_usd
 
@@ -34,12 +35,17 @@ def show(
     record = index.find(run)
     backend = get_backend(record.backend, index)
     (record,) = backend.refresh([record])
-    plan = json_object(backend.read_meta(record, "plan.json"))
-    status = json_object(backend.read_meta(record, "status.json"))
+    plan, problem = _plan(backend.read_meta(record, "plan.json"))
+    status = parse_status(backend.read_meta(record, "status.json"))
+    if status and status.get("status") not in (None, record.status):
+        # the run's own file is the truth: an index left behind by a race is corrected
+        apply_status(record, status)
+        index.upsert(record)
     now = time.time()
     wandb = (plan or {}).get("wandb") or {}
     details: dict[str, Any] = {
         "run": asdict(record),
+        "problems": [problem] if problem else [],
         "cost": {"so_far_usd": cost_usd(record, now),
                  "max_usd": ((plan or {}).get("cost") or {}).get("max_usd")},
         "paths": {"outputs": record.outputs, "run_dir": record.run_dir,
@@ -55,6 +61,23 @@ def show(
         console.print_json(details)
         return
     _render(details)
+
+
+def _plan(data: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
+    """plan.json when it holds a plan; else None, and why (when there is a file)."""
+    from primerl_modal.backends.base import stored_plan
+    from primerl_modal.errors import PrmError
+
+    if data is None:
+        return None, None
+    try:
+        plan = json.loads(data)
+        stored_plan(plan, "plan.json")
+    except ValueError:
+        return None, "plan.json unreadable: not JSON"
+    except PrmError as e:
+        return None, e.message
+    return plan, None
 
 
 def _wandb_url(wandb: dict[str, Any]) -> str | None:
@@ -93,11 +116,23 @@ def _attempt_note(attempt: dict[str, Any]) -> str:
 
 
 def _when(t: float | None) -> str:
-    return "-" if t is None else datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    if t is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):  # a damaged status.json's time
+        return str(t)
+
+
+def _text(value: Any, default: str) -> str:
+    """A value of status.json as a cell: absent and null read as ``default``."""
+    return default if value is None else str(value)
 
 
 def _render(d: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from primerl_modal.core.durations import format_duration
     from primerl_modal.core.plan import plan_from_json
@@ -108,8 +143,10 @@ def _render(d: dict[str, Any]) -> None:
     out = console.out()
     r = d["run"]
     style = STATUS_STYLE.get(r["status"], "")
-    out.print(f"[bold]{r['run_id']}[/]  [{style}]{r['status']}[/]"
-              + (f"  {r['note']}" if r.get("note") else ""), highlight=False)
+    out.print(f"[bold]{escape(r['run_id'])}[/]  [{style}]{r['status']}[/]"
+              + (f"  {escape(r['note'])}" if r.get("note") else ""), highlight=False)
+    for problem in d["problems"]:
+        out.print(Text(problem, style="yellow"))
     if d["plan"]:
         out.print(render(plan_from_json(d["plan"]), title="plan"))
     status = d["status"] or {}
@@ -118,38 +155,44 @@ def _render(d: dict[str, Any]) -> None:
         metric = progress.get("metric", "metric")
         out.print(f"progress  step {progress.get('step', '-')}/{progress.get('max_steps') or '?'}"
                   f"   {metric} {progress.get('value', '-')}"
-                  f"   latest checkpoint {progress.get('ckpt_step') or 'none'}", highlight=False)
+                  f"   latest checkpoint {progress.get('ckpt_step') or 'none'}", highlight=False,
+                  markup=False)
     attempts = Table(title="attempts", title_justify="left", box=None, header_style="bold")
     for col in ("#", "started", "ended", "took", "outcome", "exit", "resumed from", "note"):
         attempts.add_column(col)
-    for a in status.get("attempts", []):
+    for a in status.get("attempts") or []:
         took = (format_duration(a["ended_at"] - a["started_at"])
                 if a.get("ended_at") and a.get("started_at") else "-")
-        attempts.add_row(str(a["n"]), _when(a.get("started_at")), _when(a.get("ended_at")), took,
-                         a.get("outcome", "running"), str(a.get("exit_code", "-")),
-                         _resumed_from(a), _attempt_note(a))
+        attempts.add_row(*map(Text, (
+            _text(a.get("n"), "?"), _when(a.get("started_at")), _when(a.get("ended_at")), took,
+            _text(a.get("outcome"), "running"), _text(a.get("exit_code"), "-"),
+            _resumed_from(a), _attempt_note(a))))
     out.print(attempts)
     history = Table(title="status history", title_justify="left", box=None,
                     header_style="bold")
     for col in ("at", "status", "attempt", "note"):
         history.add_column(col)
-    for h in status.get("history", []):
-        history.add_row(_when(h.get("at")), h["status"], str(h.get("attempt", "")),
-                        h.get("note", ""))
+    for h in status.get("history") or []:
+        history.add_row(*map(Text, (_when(h.get("at")), _text(h.get("status"), "?"),
+                                    _text(h.get("attempt"), ""), _text(h.get("note"), ""))))
     out.print(history)
     failure = status.get("failure")
     if failure and r["status"] in ("FAILED", "RECOVERING"):
-        out.print(f"[red]{failure['component']} failed (exit {failure['exit_code']}):[/]")
-        for line in failure.get("lines", []):
+        out.print(Text(f"{_text(failure.get('component'), '?')} failed"
+                       f" (exit {_text(failure.get('exit_code'), '?')}):", style="red"))
+        for line in failure.get("lines") or []:
             out.print(f"  {line}", highlight=False, markup=False)
     cost = d["cost"]
-    out.print(f"cost      ${cost['so_far_usd']:,.2f} so far"
-              + (f", at most ${cost['max_usd']:,.2f}" if cost.get("max_usd") else ""))
+    if r["backend"] == "local":
+        out.print("cost      nothing billed: this machine's GPUs")
+    else:
+        out.print(f"cost      ${cost['so_far_usd']:,.2f} so far"
+                  + (f", at most ${cost['max_usd']:,.2f}" if cost.get("max_usd") else ""))
     p = d["paths"]
     out.print(f"outputs   {p['outputs']}\nrun dir   {p['run_dir']}\nprm files {p['meta_dir']}",
-              highlight=False)
+              highlight=False, markup=False)
     w = d["wandb"]
     if w.get("project"):
         out.print(f"W&B       {w['project']} / {w.get('name')}"
-                  + (f"  {w['url']}" if w.get("url") else ""), highlight=False)
+                  + (f"  {w['url']}" if w.get("url") else ""), highlight=False, markup=False)
     out.print("next      " + "\n          ".join(d["next"]), highlight=False)

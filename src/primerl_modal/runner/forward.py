@@ -18,8 +18,9 @@ from itertools import count
 from pathlib import Path
 from typing import TextIO
 
+from primerl_modal.core.status import FAILURE_LINES, bounded
+
 CHUNK = 1 << 16
-TAIL = 20
 _ERROR = re.compile(r"Traceback|Error|Exception|FAILED|failed")
 
 
@@ -46,13 +47,16 @@ class Sink:
             # the same lines, each led by the time (every newline but the last gets one)
             self._log.write(stamp + text.replace("\n", "\n" + stamp, len(lines) - 1))
             self._log.flush()  # followers (`prm logs -f`, `prm run`) read this file live
-            self._tails.setdefault(prefix, deque(maxlen=TAIL)).extend(lines[-TAIL:])
-            if prefix != "runner" and any(_ERROR.search(line) for line in lines[-TAIL:]):
+            # bounded as status.json keeps them: a 10 MB line must not end up there whole
+            self._tails.setdefault(prefix, deque(maxlen=FAILURE_LINES)).extend(bounded(lines))
+            if prefix != "runner" and any(_ERROR.search(line)
+                                          for line in lines[-FAILURE_LINES:]):
                 self._last_error[prefix] = next(self._seq)
 
     def failure(self) -> tuple[str, list[str]]:
         """The component that reported an error last (else the launcher), and its last
-        lines: what a FAILED status shows without opening any log."""
+        lines (at most FAILURE_LINES, each cut to LINE_CHARS): what a FAILED status shows
+        without opening any log."""
         with self._lock:
             components = [c for c in self._last_error if c != "launcher"]
             pick = max(components, key=self._last_error.__getitem__, default="launcher")

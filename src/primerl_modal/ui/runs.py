@@ -12,6 +12,7 @@ from primerl_modal.ui.table import Column
 STATUS_STYLE = {
     st.PENDING: "yellow", st.RUNNING: "cyan", st.RECOVERING: "magenta",
     st.SUCCEEDED: "green", st.FAILED: "red", st.STOPPED: "dim", st.LOST: "red",
+    st.UNKNOWN: "bold yellow",
 }
 
 
