@@ -103,7 +103,8 @@ def sha256_file(path: Path) -> str:
 def verify(tool: str, fileset: FileSet, dest: Path) -> None:
     """Every file of the set is under ``dest`` (run-dir layout) with the right bytes, and
     nothing else is."""
-    got = {p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()}
+    got = {p.relative_to(dest).as_posix() for p in dest.rglob("*")
+           if p.is_file() and p.name != ".prm-pull.json"}  # prm's record of what it wrote
     extra, missing = got - fileset.files.keys(), fileset.files.keys() - got
     assert not extra and not missing, (
         f"{tool}: {len(missing)} files missing, {len(extra)} unexpected "

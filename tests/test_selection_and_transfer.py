@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 
 from primerl_modal.core.logs import LogFilter, LogLine, parse_prefixed, parse_stored, tail
-from primerl_modal.core.selection import RemoteFile, category, parse_only, safe_dest, select
+from primerl_modal.core.selection import (
+    RemoteFile,
+    category,
+    parse_only,
+    printable,
+    safe_dest,
+    select,
+    too_long,
+)
 from primerl_modal.errors import PrmError, UsageError
+from primerl_modal.pull_manifest import NAME as MANIFEST
 from primerl_modal.transfer import PART, pull_files
 
 
@@ -74,6 +85,21 @@ def test_unsafe_destinations(bad):
     assert not safe_dest(bad)
 
 
+def test_names_are_printed_escaped():
+    assert printable("logs/trainer.log") == "logs/trainer.log"
+    assert printable("a\x1b[31mb\x07\r\n\t\u202e\udc80 c") == \
+        "a\\x1b[31mb\\x07\\r\\n\\t\\u202e\\udc80 c"
+
+
+def test_length_limits_count_bytes_and_the_temporary_suffix():
+    assert too_long("a/" + "n" * 246, 10, PART, 255, 4096) is None
+    assert "(247 bytes; at most 246" in too_long("a/" + "n" * 247, 10, PART, 255, 4096)
+    assert "(256 bytes" in too_long("é" * 128 + "/x", 10, PART, 255, 4096)  # a folder
+    assert too_long("x" * 100, 4096 - 111, PART, 255, 4096) is None  # 4095 bytes in all
+    assert "(4096 bytes with DEST; at most 4095)" in too_long("x" * 100, 4096 - 110, PART,
+                                                               255, 4096)
+
+
 class MemorySource:
     """Serves bytes from a dict; can stall forever after ``stall_after`` files."""
 
@@ -95,6 +121,7 @@ def test_interrupted_pull_leaves_no_truncated_file_and_a_rerun_fetches_the_rest(
     data = {f"rollouts/{i:03d}.jsonl": f"row {i}\n".encode() * 50 for i in range(40)}
     items = [RemoteFile(k, k, len(v), 1000.0 + i) for i, (k, v) in enumerate(data.items())]
     dest = tmp_path / "dest"
+    dest.mkdir()
 
     async def interrupted() -> None:
         task = asyncio.create_task(pull_files(MemorySource(data, stall_after=15), items, dest,
@@ -105,8 +132,10 @@ def test_interrupted_pull_leaves_no_truncated_file_and_a_rerun_fetches_the_rest(
             await task
 
     asyncio.run(interrupted())
-    complete = [p for p in dest.rglob("*") if p.is_file() and not p.name.endswith(PART)]
+    complete = [p for p in dest.rglob("*") if p.is_file() and not p.name.endswith(PART)
+                and p.name != MANIFEST]
     assert len(complete) == 15
+    assert len(json.loads((dest / MANIFEST).read_text())["files"]) == 15  # recorded anyway
     for p in complete:
         assert p.read_bytes() == data[p.relative_to(dest).as_posix()]
     outcomes = asyncio.run(pull_files(MemorySource(data), items, dest, lambda n: None,
@@ -118,21 +147,86 @@ def test_interrupted_pull_leaves_no_truncated_file_and_a_rerun_fetches_the_rest(
     assert not list(dest.rglob(f"*{PART}"))
 
 
+def pull(data: dict[str, bytes], items: list[RemoteFile], dest: Path, **options):
+    dest.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(pull_files(MemorySource(data), items, dest, lambda n: None,
+                                  lambda o: None, **options))
+
+
 def test_hostile_paths_are_refused_and_nothing_lands_outside(tmp_path):
     data = {"ok.txt": b"fine", "x": b"evil"}
     items = [RemoteFile("ok.txt", "ok.txt", 4, 1.0), RemoteFile("x", "../../evil", 4, 1.0)]
-    dest = tmp_path / "a" / "b" / "dest"
-    outcomes = asyncio.run(pull_files(MemorySource(data), items, dest, lambda n: None,
-                                      lambda o: None))
+    outcomes = pull(data, items, tmp_path / "a" / "b" / "dest")
     assert [o.status for o in outcomes] == ["downloaded", "refused"]
     assert not (tmp_path / "a" / "evil").exists() and not (tmp_path / "evil").exists()
 
 
-def test_symlink_escape_is_refused(tmp_path):
+def test_symlink_escape_is_refused_before_any_folder_is_made(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "link").symlink_to(tmp_path)
-    items = [RemoteFile("x", "link/escaped", 1, 1.0)]
-    (outcome,) = asyncio.run(pull_files(MemorySource({"x": b"!"}), items, dest,
-                                        lambda n: None, lambda o: None))
-    assert outcome.status == "refused" and not Path(tmp_path / "escaped").exists()
+    items = [RemoteFile("x", "link/escaped", 1, 1.0), RemoteFile("x", "link/new/escaped", 1, 1.0)]
+    outcomes = pull({"x": b"!"}, items, dest)
+    assert {o.status for o in outcomes} == {"refused"}
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "new").exists()
+
+
+def test_files_landing_in_a_protected_folder_are_refused(tmp_path):
+    dest = tmp_path / "dest"
+    run = dest / "outputs" / "run-1"
+    run.mkdir(parents=True)
+    data = {"a": b"mine", "b": b"fine"}
+    items = [RemoteFile("a", "outputs/run-1/a", 4, 1.0), RemoteFile("a", "outputs/run-1/new/a",
+                                                                     4, 1.0),
+             RemoteFile("b", "b", 4, 1.0)]
+    outcomes = pull(data, items, dest, protected=[str(run)])
+    assert [(o.status, o.error) for o in outcomes] == [
+        ("refused", "it would write into the run's own outputs"),
+        ("refused", "it would write into the run's own outputs"), ("downloaded", None)]
+    assert os.listdir(run) == []
+
+
+@pytest.mark.parametrize("names", [
+    ("logs/a.log", "logs//./a.log"),  # the same file once '.' and empty parts go
+    ("x", "x/y"),  # a file, then a folder of the same name
+    ("x/y", "x"),  # a folder, then a file of the same name
+    ("_prm/status.json", "_prm/status.json"),  # from the run's folder and prm's
+])
+def test_two_remote_names_for_one_local_path_are_refused_by_name(tmp_path, names):
+    first, second = names
+    data = {"1:" + first: b"one", "2:" + second: b"two"}
+    items = [RemoteFile("1:" + first, first, 3, 1.0), RemoteFile("2:" + second, second, 3, 1.0)]
+    outcomes = pull(data, items, tmp_path / "d")
+    assert [o.status for o in outcomes] == ["downloaded", "refused"]
+    assert repr("1:" + first) in outcomes[1].error and "listed before it" in outcomes[1].error
+    assert (tmp_path / "d" / first).read_bytes() == b"one"
+
+
+def test_a_file_in_dest_that_blocks_a_folder_fails_that_file_alone(tmp_path):
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / "logs").write_text("mine")
+    data = {"a": b"run", "b": b"run"}
+    outcomes = pull(data, [RemoteFile("a", "logs/x.log", 3, 1.0),
+                           RemoteFile("b", "metrics.jsonl", 3, 1.0)], dest)
+    assert [o.status for o in outcomes] == ["failed", "downloaded"]
+    assert outcomes[0].error.startswith("cannot make its folder: ")
+    assert (dest / "logs").read_text() == "mine"
+
+
+def test_a_same_size_same_mtime_edit_is_caught_and_a_large_file_too(tmp_path):
+    big = os.urandom((1 << 20) + 10)  # past IN_MEMORY: written in place, hashed once whole
+    data = {"s": b"small", "b": big}
+    items = [RemoteFile("s", "s", 5, 5.0), RemoteFile("b", "b", len(big), 5.0)]
+    dest = tmp_path / "d"
+    assert [o.status for o in pull(data, items, dest)] == ["downloaded", "downloaded"]
+    for name, body in (("s", b"SMALL"), ("b", big[:-1] + b"!")):
+        stat = (dest / name).stat()
+        (dest / name).write_bytes(body)
+        os.utime(dest / name, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert [o.status for o in pull(data, items, dest)] == ["modified", "modified"]
+    assert (dest / "s").read_bytes() == b"SMALL"
+    assert [o.status for o in pull(data, items, dest, overwrite=True)] == ["downloaded"] * 2
+    assert (dest / "b").read_bytes() == big
+    (dest / MANIFEST).write_text("not json")  # lost: compared by content, found the same
+    assert [o.status for o in pull(data, items, dest)] == ["present", "present"]

@@ -1,4 +1,5 @@
-"""Which of a run's files `prm pull` fetches, and where each lands under DEST (pure)."""
+"""Which of a run's files `prm pull` fetches, where each lands under DEST, and the rules that
+keep those paths safe to write and to print (pure)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,44 @@ def safe_dest(dest: str) -> bool:
     """A relative path with no '..' and no absolute part: it cannot leave DEST."""
     return bool(dest) and not dest.startswith("/") and ".." not in _parts(dest) and \
         "\\" not in dest
+
+
+def local_key(dest: str) -> str:
+    """The path a file lands on under DEST, as the filesystem sees it: ``a//./b`` and
+    ``a/b`` are one file, and two remote names with one key cannot both be written."""
+    return "/".join(_parts(dest))
+
+
+def within(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or lies inside it (both absolute, normalised)."""
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def too_long(key: str, base_bytes: int, suffix: str, name_max: int,
+             path_max: int) -> str | None:
+    """Why ``key`` cannot be written under a DEST of ``base_bytes`` bytes on a filesystem of
+    these limits (``suffix``: the temporary name's, which must fit too), or None."""
+    raw = [part.encode(errors="surrogateescape") for part in key.split("/")]
+    *folders, name = raw
+    if len(name) + len(suffix) > name_max:
+        return (f"name too long for the local filesystem ({len(name)} bytes; at most "
+                f"{name_max - len(suffix)}, as prm writes it first as NAME{suffix})")
+    longest = max(folders, key=len, default=b"")
+    if len(longest) > name_max:
+        return (f"folder name too long for the local filesystem ({len(longest)} bytes; at "
+                f"most {name_max})")
+    total = base_bytes + sum(len(part) + 1 for part in raw) + len(suffix)
+    if total >= path_max:  # path_max counts the terminating NUL
+        return (f"path too long for the local filesystem ({total} bytes with DEST; at most "
+                f"{path_max - 1})")
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control and other invisible characters escaped
+    as Python writes them (``\\x1b``), so a hostile file name cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape",
+                                                      "backslashreplace").decode("ascii")
+                   for c in text)
