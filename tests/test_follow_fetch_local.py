@@ -118,7 +118,7 @@ def test_show_has_plan_history_attempts_cost_paths_and_next_steps(prm, local_pro
     run_id = launch(prm, local_profile)
     r = prm("show", run_id[:10])
     assert r.code == 0, r.err
-    for needle in (run_id, "SUCCEEDED", "2 of this machine's", "--run.name", "attempts",
+    for needle in (run_id, "SUCCEEDED", "on this machine", "--run.name", "attempts",
                    "status history", "reward/mean", "prm pull", "run dir", "W&B", "cost"):
         assert needle in r.out
     d = prm("show", run_id, "--json").json()

@@ -50,6 +50,22 @@ def test_extends_cycle_is_named(search, tmp_path):
         resolve(str(tmp_path / "a.toml"), search)
 
 
+def test_extends_naming_a_folder_says_so(search, tmp_path):
+    (tmp_path / "shared").mkdir()
+    child = write(tmp_path / "exp.toml", 'extends = "shared"\n')
+    with pytest.raises(ProfileError, match=r"extends 'shared' but .*/shared is a folder"):
+        resolve(str(child), search)
+
+
+def test_a_parent_that_is_not_utf8_is_named_with_its_byte_offset(search, tmp_path):
+    (tmp_path / "base.toml").write_bytes(b'[wandb]\nproject = "r\xe9sum\xe9"\n')
+    child = write(tmp_path / "exp.toml", 'extends = "base.toml"\n')
+    with pytest.raises(ProfileError) as e:
+        resolve(str(child), search)
+    assert e.value.message == (f"{tmp_path / 'base.toml'}: not UTF-8 text: byte 0xe9 at "
+                               "offset 20 (line 2)")
+
+
 def test_malformed_toml_reports_file_line_and_column(search, tmp_path):
     bad = write(tmp_path / "bad.toml", '[gpu]\ncount = 8\ntype = H100\n')
     with pytest.raises(ProfileError) as e:

@@ -213,3 +213,47 @@ def test_profile_from_prm_home(prm, prm_home):
     )
     plan = prm("run", "mine", "--dry-run", "--json").json()
     assert plan["gpu"]["type"] == "H200" and plan["profile"] == "mine"
+
+
+MODAL_ONLY = ("retries", "retry", "image", "volumes", "secrets", "Modal gpu", "per attempt",
+              "/outputs <-", "$/h")
+
+
+def test_a_local_plan_claims_only_what_a_local_run_has(prm, local_profile, fast_fake):
+    r = prm("run", str(local_profile), "--dry-run")
+    assert r.code == 0, r.err
+    plan_text = r.out.replace("no retries", "")
+    for claim in MODAL_ONLY:
+        assert claim not in plan_text, claim
+    assert "one attempt, no time limit, no retries" in r.out
+    assert "nothing billed: this machine's GPUs (on Modal, 2 x H100 alone would cost" in r.out
+    plan = prm("run", str(local_profile), "--dry-run", "--json").json()
+    assert (plan["retries"], plan["timeout_s"], plan["secrets"], plan["volumes"]) == (0, 0, [], {})
+    assert (plan["cost"]["per_hour_usd"], plan["cost"]["max_usd"]) == (0, 0)
+    assert (plan["image"]["source"], plan["image"]["steps"]) == ("checkout", [])
+    assert plan["gpu"]["modal"] is None and plan["region"] is None
+    r = prm("run", str(local_profile), "--dry-run", "--timeout", "3h", "--retries", "2")
+    assert "--timeout is ignored: a local run is one attempt" in r.out
+    assert "--retries is ignored" in r.out
+    # prm show of the launched run shows the same local plan
+    assert prm("run", str(local_profile)).code == 0
+    (run_id,) = [r["run_id"] for r in prm("ls", "--json").json()]
+    shown = prm("show", run_id)
+    assert shown.code == 0, shown.err
+    plan_part = shown.out.split("progress")[0].replace("no retries", "")
+    for claim in MODAL_ONLY:
+        assert claim not in plan_part, claim
+    assert "cost      nothing billed: this machine's GPUs" in shown.out
+
+
+@pytest.mark.parametrize(("args", "limits"), [
+    (["--timeout", "24h", "--retries", "0"], "timeout 24h per attempt, no retries"),
+    (["--retries", "1"], "1 retry (it resumes from the latest checkpoint)"),
+    (["--timeout", "90m", "--retries", "3"],
+     "timeout 1h30m per attempt, 3 retries (each resumes from the latest checkpoint)"),
+])
+def test_modal_limits_read_as_people_write_them(prm, args, limits):
+    r = prm("run", "--dry-run", *args)
+    assert r.code == 0, r.err
+    assert limits in r.out
+

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,12 @@ def test_stop_sweep_then_resume_relaunches_only_those(prm, modal_env, tmp_path):
     assert r.code == 0, r.err
     after = statuses()
     assert sorted(after.values()) == ["STOPPED"] * 4 + ["SUCCEEDED"] * 2
+    meta = modal_env.volume_path("prime-rl-outputs") / "_prm"
+
+    def stored(run_id: str) -> dict:
+        return json.loads((meta / run_id / "status.json").read_text())
+
+    before = {run_id: stored(run_id) for run_id in after}
     modal_env.extra_env["FAKE_RL_STEP_SECONDS"] = "0.002"
     r = prm("sweep", "--resume", sw.sweep_id, "--json")
     assert r.code == 0, r.err
@@ -201,10 +208,23 @@ def test_stop_sweep_then_resume_relaunches_only_those(prm, modal_env, tmp_path):
     modal_env.wait_call(sw.call_id, timeout=120)
     final = statuses()
     assert set(final.values()) == {"SUCCEEDED"}
-    for run_id in resumed[:1]:
-        status = json.loads((modal_env.volume_path("prime-rl-outputs") / "_prm" / run_id
-                             / "status.json").read_text())
+    for run_id, old in before.items():
+        status = stored(run_id)
+        if run_id not in resumed:  # a trial that had succeeded is left alone
+            assert status == old
+            continue
+        # Every resumed trial, not one of them: it went on from where its stop left it
+        # (its earlier attempts kept, the new one resuming from its checkpoint, if any) and
+        # ran to its last step.
+        assert [h["status"] for h in status["history"]][:len(old["history"])] == [
+            h["status"] for h in old["history"]]
         assert status["history"][-1]["status"] == "SUCCEEDED"
+        assert status["progress"]["step"] == 300
+        assert status["attempts"][:-1] == old["attempts"]
+        last = status["attempts"][-1]
+        assert last["outcome"] == "SUCCEEDED"
+        ckpt = (old.get("progress") or {}).get("ckpt_step")
+        assert last["resumed_from"] == ckpt, (run_id, last, ckpt)
 
 
 def test_local_sweep_with_max_parallel_1_runs_trials_one_after_another(prm, local_profile,
@@ -244,3 +264,58 @@ def test_local_trials_at_once_must_not_share_gpus(prm, local_profile):
 def test_resume_refuses_options_it_would_ignore(prm):
     r = prm("sweep", "--resume", "x", "--dry-run")
     assert r.code == 2 and "--resume SWEEP takes no" in r.err
+
+
+def test_max_trials_is_checked_before_any_trial_is_planned(prm, monkeypatch):
+    """A big grid is refused at once: it is counted, not planned."""
+    import primerl_modal.sweeps
+
+    def planned(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a trial was planned before --max-trials was checked")
+
+    monkeypatch.setattr(primerl_modal.sweeps, "_plan_trial", planned)
+    values = ", ".join(map(str, range(1, 11)))
+    Path("huge.toml").write_text('profile = "reverse-text"\n[parameters]\n'
+                                 f"max_steps = [{values}]\nseed = [{values}]\n"
+                                 f"async_level = [{values}]\n")
+    r = prm("sweep", "huge.toml")
+    assert r.code == 2, r.err
+    assert "the sweep has 1000 trials, more than --max-trials 64" in r.err
+    r = prm("sweep", "reverse-text", "--grid", "max_steps=1", "--max-trials", "0")
+    assert r.code == 2 and "the sweep has 1 trial, more than --max-trials 0" in r.err
+
+
+def test_a_big_dry_run_prints_its_first_and_last_trials_and_the_totals(prm):
+    steps = ",".join(map(str, range(1, 121)))
+    r = prm("sweep", "reverse-text", "--grid", f"max_steps={steps}", "--dry-run")
+    assert r.code == 0, r.err
+    shown = [int(m) for m in re.findall(r"^\S\s+(\d+) \S", r.out, re.M)]
+    assert shown == [*range(25), *range(95, 120)]
+    assert "70 more (--json lists them all)" in r.out
+    assert "(grid, 120 trials, at most 4 at once)" in r.out
+    assert re.search(r"^total: 120 trials, \$[\d,.]+/h if all ran at once", r.out, re.M)
+    assert len(r.out.splitlines()) < 60
+    plan = prm("sweep", "reverse-text", "--grid", f"max_steps={steps}", "--dry-run",
+               "--json").json()
+    assert [t["index"] for t in plan["trials"]] == list(range(120))
+    one = prm("sweep", "reverse-text", "--grid", "max_steps=5", "--dry-run")
+    assert "(grid, 1 trial, at most 4 at once)" in one.out and "total: 1 trial," in one.out
+
+
+def test_sweep_show_has_a_column_for_each_swept_value(prm, local_profile, fast_fake):
+    r = prm("sweep", str(local_profile), "--grid", "max_steps=3,2", "--grid",
+            "env.PRM_SWEPT=a,b", "--max-parallel", "1")
+    assert r.code == 0, r.err
+    (sw,) = open_index().sweeps()
+    wait_for(lambda: all(t["status"] == "SUCCEEDED" for t in
+                         prm("ls", "--sweep", sw.sweep_id, "--json").json()),
+             timeout=90, what="the sweep's four trials")
+    rows = prm("sweep", "show", sw.sweep_id, "--json").json()
+    assert sorted((r["run_id"], r["max_steps"], r["env.PRM_SWEPT"]) for r in rows) == [
+        (f"{sw.sweep_id}-0", 3, "a"), (f"{sw.sweep_id}-1", 3, "b"),
+        (f"{sw.sweep_id}-2", 2, "a"), (f"{sw.sweep_id}-3", 2, "b")]
+    table = prm("sweep", "show", sw.sweep_id).out.splitlines()
+    assert table[0].split()[:3] == ["run", "max_steps", "env.PRM_SWEPT"]
+    assert sorted(line.split()[1:3] for line in table[1:]) == [
+        ["2", "'a'"], ["2", "'b'"], ["3", "'a'"], ["3", "'b'"]]
+

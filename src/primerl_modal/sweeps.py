@@ -15,7 +15,13 @@ from typing import Any
 from primerl_modal import paths
 from primerl_modal.core.gpus import Catalogue, catalogue
 from primerl_modal.core.plan import Layout, Plan, build_plan
-from primerl_modal.core.profile import ResolvedProfile, Setting, normalise_key, with_settings
+from primerl_modal.core.profile import (
+    ResolvedProfile,
+    Setting,
+    normalise_key,
+    read_utf8,
+    with_settings,
+)
 from primerl_modal.core.profile import resolve as resolve_profile
 from primerl_modal.core.run_id import MAX_LEN, make_run_id
 from primerl_modal.core.sweep import SweepSpec, expand, load_sweep_text, parse_grid_flag
@@ -71,10 +77,10 @@ def read_spec(target: str, grids: Sequence[str]) -> SweepSpec:
     if grids:
         return SweepSpec(name=Path(target).stem, profile=target, method="grid",
                          parameters=dict(parse_grid_flag(g) for g in grids))
-    if not path.is_file():
+    if not path.exists():
         raise ProfileError(f"sweep file {target} not found",
                            "pass a sweep .toml, or a profile with --grid KEY=V1,V2")
-    spec = load_sweep_text(path.read_text(encoding="utf-8"), str(path), path.stem)
+    spec = load_sweep_text(read_utf8(path), str(path), path.stem)
     base = Path(spec.profile).expanduser()
     if "/" in spec.profile or spec.profile.endswith(".toml"):
         # a path in a sweep file is relative to the sweep file

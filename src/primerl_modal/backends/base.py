@@ -56,6 +56,10 @@ class Backend(Protocol):
         """Relaunch the FAILED, STOPPED and LOST trials, each resuming from its checkpoint."""
         ...
 
+    def read_sweep_meta(self, sweep: SweepRecord, name: str) -> bytes | None:
+        """A file of the sweep's folder (sweep.json, state.json), if it exists."""
+        ...
+
     def read_meta(self, record: RunRecord, name: str) -> bytes | None:
         """A file of the run's metadata folder (plan.json, status.json, ...), if it exists."""
         ...

@@ -23,7 +23,8 @@ def _read_new(path: Path, offset: int) -> tuple[list[str], int]:
     except FileNotFoundError:
         return [], offset
     cut = data.rfind(b"\n") + 1
-    return data[:cut].decode("utf-8", "replace").splitlines(), offset + cut
+    # lines end at "\n" only: a "\r" inside a line (an old runner's progress bar) stays in it
+    return data[:cut].decode("utf-8", "replace").split("\n")[:-1], offset + cut
 
 
 def follow_attempt_logs(record: RunRecord, refresh: Callable[[], RunRecord],

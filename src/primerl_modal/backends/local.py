@@ -303,6 +303,12 @@ class LocalBackend:
         self.index.upsert_sweep(sweep)
         return again
 
+    def read_sweep_meta(self, sweep: SweepRecord, name: str) -> bytes | None:
+        try:
+            return (sweep_dir(sweep.outputs, sweep.sweep_id) / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def read_meta(self, record: RunRecord, name: str) -> bytes | None:
         try:
             return (Path(record.meta_dir) / name).read_bytes()
@@ -311,7 +317,7 @@ class LocalBackend:
 
     def stored_logs(self, record: RunRecord) -> Iterator[LogLine]:
         for n, path in attempt_logs(Path(record.meta_dir) / "logs"):
-            yield from parse_attempt_log(path.read_text(errors="replace"), n)
+            yield from parse_attempt_log(path.read_bytes().decode("utf-8", "replace"), n)
 
     def live_logs(self, record: RunRecord,
                   seen: Mapping[int, int] | None = None) -> Iterator[LogLine]:

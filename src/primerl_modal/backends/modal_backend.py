@@ -363,6 +363,11 @@ class ModalBackend:
                            "try again in a moment")
         return plan_from_json(plan)
 
+    def read_sweep_meta(self, sweep: SweepRecord, name: str) -> bytes | None:
+        connect()
+        with modal_errors():
+            return self._read(sweep.outputs, f"{META_DIR}/sweeps/{sweep.sweep_id}/{name}")
+
     def read_meta(self, record: RunRecord, name: str) -> bytes | None:
         connect()
         with modal_errors():
@@ -395,7 +400,8 @@ class ModalBackend:
         with modal_errors():
             for entry in modal.FunctionCall.from_id(record.call_id).logs.stream():
                 t = entry.timestamp.timestamp() if entry.timestamp else None
-                for text in entry.message.splitlines():
+                lines = entry.message.removesuffix("\n").split("\n") if entry.message else []
+                for text in lines:  # "\n" only, as the attempt logs are split
                     line = parse_prefixed(text, t, attempt)
                     if line.component == "runner" and (m := _ATTEMPT.search(line.text)):
                         attempt, index = int(m.group(1)), 0

@@ -130,10 +130,16 @@ def write_profile(name: str, *, from_config: str | None = None, gpu: str = DEFAU
 
     text = render(name, config=config, gpu_type=gpu_type, gpu_count=gpu_count)
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
     scratch = folder / f".{name}.toml.prm-init-{secrets.token_hex(3)}"
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         scratch.write_text(text, encoding="utf-8")
+    except OSError as e:
+        if created and folder.is_dir():
+            folder.rmdir()
+        raise PrmError(f"cannot write {_shown(target)} ({e.strerror})",
+                       "choose a --dir you can write to") from None
+    try:
         plan_profile(str(scratch))  # what `prm run NAME --dry-run` will do
         os.replace(scratch, target)
     except BaseException:

@@ -30,7 +30,8 @@ def logs(
                           "launcher, runner (comma-separated)."),
     ] = None,
     tail_n: Annotated[
-        int, typer.Option("--tail", "-n", help="Last N lines already written (0 = all).")
+        int, typer.Option("--tail", "-n", min=0,
+                          help="Last N lines already written (0 = all).")
     ] = 200,
     since: Annotated[
         str | None, typer.Option("--since", help="Only lines from this window, e.g. 10m.")
@@ -38,7 +39,9 @@ def logs(
     grep: Annotated[
         str | None, typer.Option("--grep", "-g", help="Only lines matching this regex.")
     ] = None,
-    attempt: Annotated[int | None, typer.Option("--attempt", help="Only this attempt.")] = None,
+    attempt: Annotated[
+        int | None, typer.Option("--attempt", min=1, help="Only this attempt (1 is the first).")
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Print a run's logs, each line prefixed with its component.
@@ -64,7 +67,7 @@ def logs(
         pattern = re.compile(grep) if grep else None
     except re.error as e:
         raise UsageError(f"--grep {grep!r} is not a valid regex ({e})") from None
-    components = frozenset(c.strip() for c in component.split(",")) if component else None
+    components = frozenset(c.strip() for c in (component or "").split(",") if c.strip()) or None
     cutoff = time.time() - parse_duration(since, what="--since") if since else None
     keep = LogFilter(components, cutoff, pattern, attempt)
     index = open_index()
@@ -77,16 +80,21 @@ def logs(
         sys.stdout.write(text + "\n")
 
     seen: dict[int, int] = {}  # lines already stored, per attempt: live lines start after
+    have: set[str] = set()  # components with stored lines
 
     def stored() -> Iterator[LogLine]:
         for line in backend.stored_logs(record):
             seen[line.attempt] = seen.get(line.attempt, 0) + 1
+            have.add(line.component)
             yield line
 
     for line in tail(keep.apply(stored()), tail_n):
         show(line)
     sys.stdout.flush()
     if not follow or st.is_final(record.status):
+        # a filter naming what the run does not have says so, rather than print nothing
+        _require(record.run_id, components, have, attempt,
+                 set(seen) | set(range(1, record.attempts + 1)), st.is_final(record.status))
         return
     try:
         for line in backend.live_logs(record, seen):
@@ -95,3 +103,21 @@ def logs(
                 sys.stdout.flush()
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _require(run_id: str, components: frozenset[str] | None, have: set[str],
+             attempt: int | None, attempts: set[int], final: bool) -> None:
+    """Raises PrmError for a component or an attempt the run does not have, naming those
+    it has (so far, when it is not final)."""
+    from primerl_modal.errors import PrmError
+
+    yet, so_far = ("", "") if final else (" yet", " so far")
+    if attempt is not None and attempt not in attempts:
+        has = (f"its attempts{so_far}: {', '.join(map(str, sorted(attempts)))}" if attempts
+               else f"it has no attempts{yet}")
+        raise PrmError(f"{run_id} has no attempt {attempt}{yet}", has)
+    missing = sorted((components or frozenset()) - have)
+    if missing:
+        has = (f"its components{so_far}: {', '.join(sorted(have))}" if have
+               else f"it has no log lines{yet}")
+        raise PrmError(f"{run_id} has no {', '.join(missing)} lines{yet}", has)

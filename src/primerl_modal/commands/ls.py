@@ -22,7 +22,9 @@ def ls(
     since: Annotated[
         str | None, typer.Option("--since", help="Only runs created in this window, e.g. 2d.")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="At most N runs (0 = all).")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=0, help="At most N runs (0 = all).")
+    ] = 50,
     all_: Annotated[
         bool,
         typer.Option("--all", help="Also find runs on the outputs that this machine never "

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from primerl_modal.errors import UsageError
+from primerl_modal.errors import PrmError, UsageError
 from primerl_modal.ui import complete
 from primerl_modal.ui.options import JsonOption
 
@@ -92,10 +92,12 @@ def run(
         bool, typer.Option("--use-local-code", help="Same as --local-code . (original flag).")
     ] = False,
     timeout: Annotated[
-        str | None, typer.Option("--timeout", help="Per-attempt limit, e.g. 6h (max 24h).")
+        str | None,
+        typer.Option("--timeout", help="Modal attempt time limit, e.g. 6h (max 24h)."),
     ] = None,
     retries: Annotated[
-        int | None, typer.Option("--retries", help="Retries after preemption or crash.")
+        int | None,
+        typer.Option("--retries", help="Retries on Modal after preemption or crash."),
     ] = None,
     trainer_config: Annotated[
         str | None, typer.Option("--trainer-config", help="Trainer TOML (2025-10 dialect).")
@@ -173,6 +175,7 @@ def run(
     if explain and not dry_run:
         raise UsageError("--explain goes with --dry-run", "add --dry-run")
     plan, resolved = plan_profile(profile, settings, pass_env=pass_env or ())
+    require_pass_env(plan.pass_env)
     if dry_run:
         from primerl_modal.ui import console
 
@@ -192,4 +195,38 @@ def run(
         warn(w)
     from primerl_modal.commands import launch
 
+    require_outputs(plan.backend, plan.outputs_root)
     launch.launch_plan(plan, detach=detach, json_out=json_out)
+
+
+def require_pass_env(names: tuple[str, ...]) -> None:
+    """Every `--env` variable is set here (a dry run says so too, not only a launch).
+
+    Raises PrmError naming the first one that is not.
+    """
+    import os
+
+    for name in names:
+        if name not in os.environ:
+            raise PrmError(f"--env {name}: {name} is not set in this shell",
+                           f"export {name}=... first, or drop --env {name}")
+
+
+def require_outputs(backend: str, outputs_root: str) -> None:
+    """A local outputs folder exists or can be made, before anything of a run is written.
+
+    Raises PrmError saying why it cannot.
+    """
+    if backend != "local":
+        return
+    import os
+    from pathlib import Path
+
+    fix = "set [local] outputs_dir to a folder you can write (or --set local.outputs_dir=PATH)"
+    try:
+        Path(outputs_root).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PrmError(f"outputs folder {outputs_root} cannot be created ({e.strerror})",
+                       fix) from None
+    if not os.access(outputs_root, os.W_OK | os.X_OK):
+        raise PrmError(f"outputs folder {outputs_root} is not writable", fix)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -65,7 +66,8 @@ def start(
         bool, typer.Option("--dry-run", help="Print the trial table and cost; launch nothing.")
     ] = False,
     max_trials: Annotated[
-        int, typer.Option("--max-trials", help="Refuse more trials than this without --yes.")
+        int, typer.Option("--max-trials", min=0,
+                          help="Refuse more trials than this without --yes.")
     ] = 64,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Launch past --max-trials.")] = False,
     max_parallel: Annotated[
@@ -90,7 +92,7 @@ def start(
     \b
       prm sweep examples/lr-sweep.toml --dry-run
     """
-    from primerl_modal.commands.run import cli_settings
+    from primerl_modal.commands.run import cli_settings, require_outputs
     from primerl_modal.core.profile import Setting
     from primerl_modal.errors import UsageError
     from primerl_modal.sweeps import plan_sweep, read_spec
@@ -118,11 +120,11 @@ def start(
         from dataclasses import replace
 
         spec = replace(spec, max_parallel=max_parallel)
-    plan = plan_sweep(spec, settings)
-    count = len(plan.trials)
+    count = spec.count()  # before planning: a huge grid is refused at once
     if count > max_trials and not yes and not dry_run:
-        raise UsageError(f"the sweep has {count} trials, more than --max-trials {max_trials}",
+        raise UsageError(f"the sweep has {_trials(count)}, more than --max-trials {max_trials}",
                          "check it with --dry-run, then add --yes (or raise --max-trials)")
+    plan = plan_sweep(spec, settings)
     if dry_run:
         if json_out:
             console.print_json(plan.to_json())
@@ -132,6 +134,7 @@ def start(
     from primerl_modal.backends import get_backend
     from primerl_modal.run_index import open_index
 
+    require_outputs(plan.backend, plan.trials[0].plan.outputs_root)
     index = open_index()
     record = get_backend(plan.backend, index).launch_sweep(plan, fail_fast=fail_fast)
     if json_out:
@@ -143,31 +146,54 @@ def start(
         holder = ("by a controller on Modal: the laptop may close" if record.backend == "modal"
                   else "by a detached controller process: closing this shell does not stop it")
         console.err().print(
-            f"[bold]launched sweep[/] {sid}: {count} trials on {record.backend}, at most "
+            f"[bold]launched sweep[/] {sid}: {_trials(count)} on {record.backend}, at most "
             f"{record.max_parallel} at once, held {holder}\n  progress: prm sweep show {sid}"
             f"    runs: prm ls --sweep {sid}    stop: prm stop --sweep {sid}")
         console.out().print(sid)
 
 
+TABLE_ROWS = 50  # a dry run's table shows the first and last trials past this; --json all
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial{'s' * (n != 1)}"
+
+
 def _trial_table(plan: Any) -> None:
+    """One row per trial (the first and last ones past TABLE_ROWS), then the totals; a
+    local sweep has no cost columns (nothing is billed for this machine's GPUs)."""
     from rich.table import Table
 
     from primerl_modal.ui import console
 
-    varying = [k for k in plan.trials[0].overrides
-               if len({repr(t.overrides.get(k)) for t in plan.trials}) > 1]
-    table = Table(title=f"sweep {plan.sweep_id} ({plan.spec.method}, {len(plan.trials)} trials, "
+    trials, billed = plan.trials, plan.backend == "modal"
+    varying = [k for k in trials[0].overrides
+               if len({repr(t.overrides.get(k)) for t in trials}) > 1]
+    table = Table(title=f"sweep {plan.sweep_id} ({plan.spec.method}, {_trials(len(trials))}, "
                         f"at most {plan.spec.max_parallel} at once)", title_justify="left")
-    for col in ("#", "run id", *varying, "gpus", "$/h", "worst $"):
-        table.add_column(col, justify="right" if col in ("#", "$/h", "worst $") else "left")
-    for t in plan.trials:
+    money = ("$/h", "worst $") if billed else ()
+    for col in ("#", "run id", *varying, "gpus", *money):
+        table.add_column(col, justify="right" if col in ("#", *money) else "left")
+    half = TABLE_ROWS // 2
+    shown = trials if len(trials) <= TABLE_ROWS else [*trials[:half], None, *trials[-half:]]
+    for t in shown:
+        if t is None:
+            table.add_row("...", f"{len(trials) - TABLE_ROWS:,} more (--json lists them all)")
+            continue
         p = t.plan
-        table.add_row(str(t.index), p.run_id, *(repr(t.overrides[k]) for k in varying),
-                      p.gpu.short, f"{p.cost.per_hour_usd:,.2f}", f"{p.cost.max_usd:,.2f}")
+        cost = (f"{p.cost.per_hour_usd:,.2f}", f"{p.cost.max_usd:,.2f}") if billed else ()
+        table.add_row(str(t.index), p.run_id, *(value_text(t.overrides.get(k)) for k in varying),
+                      p.gpu.short, *cost)
     console.out().print(table)
-    console.out().print(f"total: ${plan.total_per_hour():,.2f}/h if all ran at once; at most "
-                        f"${plan.total_max():,.2f} if every attempt of every trial hit its "
-                        "timeout")
+    console.out().print(
+        f"total: {_trials(len(trials))}, ${plan.total_per_hour():,.2f}/h if all ran at once; at "
+        f"most ${plan.total_max():,.2f} if every attempt of every trial hit its timeout"
+        if billed else f"total: {_trials(len(trials))} on this machine's GPUs; nothing billed")
+
+
+def value_text(value: Any) -> str:
+    """A swept value as the sweep file writes it (strings quoted, so 1 and "1" differ)."""
+    return "-" if value is None else repr(value)
 
 
 def _resume(sweep_id: str, json_out: bool) -> None:
@@ -183,7 +209,7 @@ def _resume(sweep_id: str, json_out: bool) -> None:
     if json_out:
         console.print_json([r.run_id for r in again])
     else:
-        console.err().print(f"resuming {len(again)} trial(s) of {sweep.sweep_id}: "
+        console.err().print(f"resuming {_trials(len(again))} of {sweep.sweep_id}: "
                             + ", ".join(r.run_id for r in again))
 
 
@@ -235,13 +261,15 @@ def show(
                                             autocompletion=complete.sweep_ids)],
     json_out: JsonOption = False,
 ) -> None:
-    """A sweep's trials, best first by its metric and goal, with status, step and cost.
+    """A sweep's trials, best first by its metric and goal, with the values each trial
+    swept, status, step and cost.
 
     Examples:
 
     \b
       prm sweep show lr-sweep-261129
     """
+    from primerl_modal.backends import get_backend
     from primerl_modal.commands.ls import refresh_all
     from primerl_modal.run_index import open_index
     from primerl_modal.ui import console
@@ -252,16 +280,43 @@ def show(
     sweep = index.find_sweep(sweep_id)
     trials = refresh_all(index, index.list(sweep_id=sweep.sweep_id))
     ranked = rank(trials, sweep.goal)
+    values = swept_values(get_backend(sweep.backend, index).read_sweep_meta(sweep, "sweep.json"))
     if not json_out:
         console.err().print(
-            f"sweep {sweep.sweep_id} ({sweep.name}): {len(trials)} trials, ranked by "
+            f"sweep {sweep.sweep_id} ({sweep.name}): {_trials(len(trials))}, ranked by "
             f"{sweep.metric} ({sweep.goal}); at most {sweep.max_parallel} at once")
-    emit(ranked, run_columns(), json_out=json_out, empty="the sweep has no trials")
+    first, *rest = run_columns()
+    emit(ranked, [first, *value_columns(values), *rest], json_out=json_out,
+         empty="the sweep has no trials")
     if not json_out:
         from primerl_modal.ui.runs import cost_usd
 
         total = sum(cost_usd(t, time.time()) for t in trials)
         console.err().print(f"total cost so far: ${total:,.2f}")
+
+
+def swept_values(sweep_json: bytes | None) -> dict[str, dict[str, Any]]:
+    """Run id -> the values its trial swept, from the sweep's sweep.json (written at launch);
+    nothing when it is missing or unreadable."""
+    from primerl_modal.runner.state import json_object
+
+    trials = (json_object(sweep_json) or {}).get("trials")
+    if not isinstance(trials, list):
+        return {}
+    return {t["run_id"]: t["overrides"] for t in trials
+            if isinstance(t, dict) and isinstance(t.get("run_id"), str)
+            and isinstance(t.get("overrides"), dict)}
+
+
+def value_columns(values: dict[str, dict[str, Any]]) -> list[Any]:
+    """A column per swept key, in the sweep file's order, keyed by it in --json."""
+    from primerl_modal.ui.table import Column
+
+    def of(key: str) -> Callable[[Any], Any]:
+        return lambda r: values.get(r.run_id, {}).get(key)
+
+    keys = dict.fromkeys(k for overrides in values.values() for k in overrides)
+    return [Column(k, k, of(k), value_text) for k in keys]
 
 
 def rank(trials: list[Any], goal: str) -> list[Any]:

@@ -37,13 +37,16 @@ def parse_duration(value: str | int | float, *, what: str = "duration") -> int:
 
 
 def format_duration(seconds: float) -> str:
-    """A short human form: ``45s``, ``12m``, ``3h05m``, ``2d04h``."""
+    """A short human form: ``45s``, ``12m``, ``3h05m``, ``24h``, ``2d04h``.
+
+    Hours go up to two days, so Modal's 24h limit reads 24h wherever prm shows it.
+    """
     s = int(max(0, seconds))
     if s < 60:
         return f"{s}s"
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s" if s % 60 and s < 600 else f"{s // 60}m"
-    if s < 86400:
+    if s < 2 * 86400:
         h, m = divmod(s // 60, 60)
         return f"{h}h{m:02d}m" if m else f"{h}h"
     d, h = divmod(s // 3600, 24)

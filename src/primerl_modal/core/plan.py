@@ -16,7 +16,7 @@ from primerl_modal.core.durations import parse_duration
 from primerl_modal.core.gpu_plan import GpuPlan, plan_gpus
 from primerl_modal.core.gpus import Catalogue, default_resources
 from primerl_modal.core.image_spec import image_spec
-from primerl_modal.core.profile import ResolvedProfile, is_local_path
+from primerl_modal.core.profile import ResolvedProfile, is_local_path, not_utf8
 from primerl_modal.core.run_id import make_run_id
 from primerl_modal.core.schema import DIALECTS, UV_VERSION
 from primerl_modal.errors import PlanError
@@ -94,7 +94,7 @@ class Plan:
     env: Mapping[str, str]
     secrets: tuple[str, ...]
     volumes: Mapping[str, str]
-    timeout_s: int
+    timeout_s: int  # 0: no limit (a local run)
     retries: int
     cost: Cost
     repo: str
@@ -141,7 +141,8 @@ class Plan:
                 "type": g.type, "count": g.count, "trainer": g.trainer, "inference": g.inference,
                 "tp": g.tp, "dp": g.dp, "trainer_gpu_ids": list(g.trainer_gpu_ids),
                 "inference_gpu_ids": list(g.inference_gpu_ids), "memory_gb": g.memory_gb,
-                "usd_per_gpu_hour": g.usd_per_gpu_hour, "modal": g.modal_gpu,
+                "usd_per_gpu_hour": g.usd_per_gpu_hour,
+                "modal": g.modal_gpu if self.backend == "modal" else None,
             },
             "argv": list(self.argv),
             "launcher": list(self.launcher),
@@ -175,12 +176,13 @@ class Plan:
         }
 
     def _image_json(self) -> dict[str, Any]:
-        """Which image runs and what building it takes (``steps``: none when prebuilt)."""
-        spec = image_spec(self)
-        return {"source": spec.source, "prebuilt": self.prebuilt_image,
+        """Which image runs and what building it takes (``steps``: none when prebuilt, or
+        on a backend that runs its own checkout: source "checkout")."""
+        spec = image_spec(self) if self.backend == "modal" else None
+        return {"source": spec.source if spec else "checkout", "prebuilt": self.prebuilt_image,
                 "base": self.base_image, "repo": self.repo, "ref": self.ref,
                 "uv": self.uv_version, "local_code": self.local_code,
-                "steps": spec.build_steps()}
+                "steps": spec.build_steps() if spec else []}
 
 
 def _input(role: str, local: str, meta_dir: str, read_text: Callable[[Path], str]) -> InputFile:
@@ -193,6 +195,9 @@ def _input(role: str, local: str, meta_dir: str, read_text: Callable[[Path], str
             f"({e.strerror or e})",
             "check the path; local config paths are relative to the profile that names them",
         ) from None
+    except UnicodeDecodeError as e:
+        raise PlanError(f"{role.replace('config', 'rl')} config file {local}: {not_utf8(e)}",
+                        "save the file as UTF-8") from None
     if len(text.encode()) > MAX_INPUT_BYTES:
         raise PlanError(f"{role} config {local} is larger than 1 MiB", "is it really a config?")
     digest = hashlib.sha256(text.encode()).hexdigest()
@@ -231,18 +236,14 @@ def build_plan(
             f"unknown prime_rl.dialect {dialect!r}", f"use one of: {', '.join(DIALECTS)}"
         )
     run_id = run_id or make_run_id(g("experiment.name"), now, token)
-    timeout_s = parse_duration(g("modal.timeout"), what="modal.timeout")
-    if timeout_s > MAX_TIMEOUT_S:
-        raise PlanError(
-            f"timeout {g('modal.timeout')} is over Modal's 24h limit for one attempt",
-            "use --timeout 24h or less; retries resume from checkpoints, so a run can go longer",
-        )
+    on_modal = layout.backend == "modal"
+    warnings = [] if on_modal else _modal_only_warnings(profile.sources, layout.backend)
+    # A local run is one attempt with no time limit (`prm run --resume` starts the next)
+    timeout_s, retries = (_limits(g("modal.timeout"), g("modal.retries")) if on_modal
+                          else (0, 0))
     for name in pass_env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise PlanError(f"--env {name!r} is not a variable name", "write --env HF_TOKEN")
-    retries = g("modal.retries")
-    if not 0 <= retries <= MAX_RETRIES:
-        raise PlanError(f"retries must be between 0 and {MAX_RETRIES}, got {retries}")
     gpus = plan_gpus(
         catalogue, g("gpu.type"), g("gpu.count"), g("gpu.trainer_ratio"), g("gpu.tp"),
         trainer=g("gpu.trainer"), inference=g("gpu.inference"),
@@ -250,7 +251,7 @@ def build_plan(
     )
     prebuilt = g("prime_rl.image")
     ref = g("prime_rl.ref")
-    warnings = _image_warnings(layout.backend, prebuilt, ref)
+    warnings += _image_warnings(layout.backend, prebuilt, ref)
     layout = _image_layout(layout, prebuilt)
     meta_dir = layout.meta_dir(run_id)
     roles = ("config",) if dialect == "current" else (
@@ -305,11 +306,14 @@ def build_plan(
         workdir=layout.workdir,
         outputs_root=layout.outputs_root,
         env=env,
-        secrets=tuple(dict.fromkeys(g("modal.secrets") or ())),
-        volumes={"/outputs": g("modal.outputs_volume"), "/cache": g("modal.cache_volume")},
+        secrets=tuple(dict.fromkeys(g("modal.secrets") or ())) if on_modal else (),
+        volumes=({"/outputs": g("modal.outputs_volume"), "/cache": g("modal.cache_volume")}
+                 if on_modal else {}),
         timeout_s=timeout_s,
         retries=retries,
-        cost=estimate(gpus, timeout_s, retries, catalogue, cpu, memory_mb),
+        # nothing is billed for this machine's GPUs (the view says what Modal would charge)
+        cost=(estimate(gpus, timeout_s, retries, catalogue, cpu, memory_mb) if on_modal
+              else Cost(0.0, 0.0)),
         repo=g("prime_rl.repo"),
         ref=ref,
         base_image=g("modal.base_image"),
@@ -317,7 +321,7 @@ def build_plan(
         configs=configs,
         inputs=tuple(inputs),
         wandb=wandb,
-        region=g("modal.region"),
+        region=g("modal.region") if on_modal else None,
         cpu=cpu,
         memory_mb=memory_mb,
         ckpt_interval=ckpt_interval,
@@ -328,6 +332,34 @@ def build_plan(
         warnings=tuple(warnings),
         sources=dict(profile.sources),
     )
+
+
+def _limits(timeout: str | int, retries: int) -> tuple[int, int]:
+    """A Modal attempt's time limit in seconds, and its retries.
+
+    Raises PlanError for a timeout over Modal's 24h or retries out of range.
+    """
+    timeout_s = parse_duration(timeout, what="modal.timeout")
+    if timeout_s > MAX_TIMEOUT_S:
+        raise PlanError(
+            f"timeout {timeout} is over Modal's 24h limit for one attempt",
+            "use --timeout 24h or less; retries resume from checkpoints, so a run can go longer",
+        )
+    if not 0 <= retries <= MAX_RETRIES:
+        raise PlanError(f"retries must be between 0 and {MAX_RETRIES}, got {retries}")
+    return timeout_s, retries
+
+
+def _modal_only_warnings(sources: Mapping[str, str], backend: str) -> list[str]:
+    """Modal's limits given on this command line, which a run elsewhere does not have."""
+    out = []
+    for key, flag in (("modal.timeout", "--timeout"), ("modal.retries", "--retries")):
+        label = sources.get(key)
+        if label in (flag, "--set"):
+            given = flag if label == flag else f"--set {key}"
+            out.append(f"{given} is ignored: a {backend} run is one attempt with no time "
+                       "limit (prm run --resume starts the next)")
+    return out
 
 
 def _image_warnings(backend: str, prebuilt: str | None, ref: str) -> list[str]:
@@ -391,7 +423,7 @@ def _resources(backend: str, gpu_count: int, cpu: float | None,
     Raises PlanError for a reservation that is not positive.
     """
     if backend != "modal":
-        return cpu, memory_mb
+        return None, None
     if (cpu is not None and cpu <= 0) or (memory_mb is not None and memory_mb <= 0):
         raise PlanError("[modal] cpu and memory must be positive",
                         "or leave them out for the per-GPU defaults")

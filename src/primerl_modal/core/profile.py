@@ -84,6 +84,9 @@ def find_profile(name: str, search: SearchPath) -> Path:
             if candidate.is_file():
                 return candidate
             tried.append(candidate)
+    if as_path.is_dir():
+        raise ProfileError(f"profile {name!r} is a folder ({as_path}), not a profile file",
+                           _folder_hint(as_path))
     shown = ", ".join(str(p) for p in tried)
     raise ProfileError(
         f"profile {name!r} not found (tried {shown})",
@@ -91,15 +94,41 @@ def find_profile(name: str, search: SearchPath) -> Path:
     )
 
 
+def _folder_hint(folder: Path) -> str:
+    first = min(folder.glob("*.toml"), default=None)
+    return f"name a .toml file in it, e.g. {first}" if first else "name a .toml file"
+
+
+def read_utf8(path: Path) -> str:
+    """A text file's contents; what is not UTF-8 is named by byte offset and line.
+
+    Raises ProfileError (a folder, an unreadable file, bytes that are not UTF-8).
+    """
+    if path.is_dir():
+        raise ProfileError(f"{path} is a folder, not a file", _folder_hint(path))
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ProfileError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{path}: {not_utf8(e)}", "save the file as UTF-8") from None
+
+
+def not_utf8(e: UnicodeDecodeError) -> str:
+    """Where decoding stopped: the byte, its offset and its line."""
+    data = bytes(e.object)
+    line = data.count(b"\n", 0, e.start) + 1
+    return f"not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} (line {line})"
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse one TOML file; a syntax error names file:line:column.
 
-    Raises ProfileError.
+    Raises ProfileError (see read_utf8).
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ProfileError(f"{path}: cannot read ({e.strerror})") from None
+    text = read_utf8(path)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -162,7 +191,8 @@ def load_chain(path: Path) -> list[tuple[Path, dict[str, Any]]]:
         nxt = (current.parent / Path(parent).expanduser()).resolve()
         if not nxt.is_file():
             raise ProfileError(
-                f"{current}: extends {parent!r} but {nxt} does not exist",
+                f"{current}: extends {parent!r} but {nxt} "
+                + ("is a folder" if nxt.is_dir() else "does not exist"),
                 "extends paths are relative to the file that names them",
             )
         current = nxt

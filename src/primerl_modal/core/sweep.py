@@ -109,7 +109,10 @@ def parse_sweep(data: Mapping[str, Any], where: str, default_name: str) -> Sweep
     for key, value in _leaves(data.get("parameters", {}), where):
         if isinstance(value, Mapping):
             params[key] = _distribution(key, value, where)
-        elif isinstance(value, list) and value:
+        elif isinstance(value, list):
+            if not value:
+                raise ProfileError(f"{where}: parameter {key} = [] has no values",
+                                   "give it at least one value, or remove it")
             params[key] = tuple(value)
         else:
             params[key] = (value,)

@@ -72,6 +72,9 @@ def resources_text(cpu: float, memory_mb: int, gpu_count: int) -> str:
 
 def cost_text(plan: Plan) -> str:
     c, g = plan.cost, plan.gpu
+    if plan.backend != "modal":
+        return (f"nothing billed: this machine's GPUs (on Modal, {g.count} x {g.type} alone "
+                f"would cost ${g.count * g.usd_per_gpu_hour:,.2f}/h)")
     parts = f"GPUs {g.count} x ${g.usd_per_gpu_hour:.2f}"
     if c.cpu_per_hour_usd or c.memory_per_hour_usd:
         parts += f" + CPU ${c.cpu_per_hour_usd:.2f} + memory ${c.memory_per_hour_usd:.2f}"
@@ -79,33 +82,50 @@ def cost_text(plan: Plan) -> str:
             f"at most ${c.max_usd:,.2f} if every attempt hits its timeout")
 
 
+def limits_text(plan: Plan) -> str:
+    if plan.backend != "modal":
+        return ("one attempt, no time limit, no retries; `prm run --resume RUN` continues a "
+                "stopped or failed run from its latest checkpoint")
+    n = plan.retries
+    retries = ("no retries" if n == 0 else
+               "1 retry (it resumes from the latest checkpoint)" if n == 1 else
+               f"{n} retries (each resumes from the latest checkpoint)")
+    return f"timeout {format_duration(plan.timeout_s)} per attempt, {retries}"
+
+
 def render(plan: Plan, title: str = "prm plan (dry run: nothing launched)") -> RenderableType:
+    """The plan as a panel; a local run's plan shows only what a local run has (no image,
+    volumes, secrets, Modal limits or Modal price)."""
     g = plan.gpu
+    on_modal = plan.backend == "modal"
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     grid.add_row("run id", plan.run_id)
+    grid.add_row("backend", plan.backend)
     grid.add_row("profile", f"{plan.profile}  ({plan.profile_path})")
     grid.add_row("dialect", plan.dialect)
-    grid.add_row("GPUs", f"{g.type} x {g.count}  ({g.memory_gb} GB each)  Modal gpu={g.modal_gpu}")
+    grid.add_row("GPUs", f"{g.type} x {g.count}  ({g.memory_gb} GB each)  Modal gpu={g.modal_gpu}"
+                 if on_modal else f"{g.type} x {g.count} on this machine (launching checks "
+                                  "their number, not their type)")
     grid.add_row("", gpu_picture(plan))
     grid.add_row("command", command_text(plan.argv))
     grid.add_row("workdir", plan.workdir)
-    grid.add_row("image", Text(image_text(plan)))
+    if on_modal:
+        grid.add_row("image", Text(image_text(plan)))
     if plan.cpu is not None and plan.memory_mb is not None:
         grid.add_row("resources", Text(resources_text(plan.cpu, plan.memory_mb, g.count)))
     for item in plan.inputs:
         grid.add_row(f"upload {item.role}", f"{item.source} -> {item.path}")
-    grid.add_row("volumes", "\n".join(f"{m} <- {v}" for m, v in plan.volumes.items()))
-    grid.add_row("secrets", ", ".join(plan.secrets) or "none")
+    if on_modal:
+        grid.add_row("volumes", "\n".join(f"{m} <- {v}" for m, v in plan.volumes.items()))
+        grid.add_row("secrets", ", ".join(plan.secrets) or "none")
+    else:
+        grid.add_row("outputs", f"{plan.run_dir}\nprm's files: {plan.meta_dir}")
     if plan.env:
         grid.add_row("env", "\n".join(f"{k}={v}" for k, v in plan.env.items()))
     grid.add_row("W&B", f"{plan.wandb.project} / {plan.wandb.name}")
-    grid.add_row(
-        "limits",
-        f"timeout {format_duration(plan.timeout_s)} per attempt, {plan.retries} retries "
-        "(each resumes from the latest checkpoint)",
-    )
+    grid.add_row("limits", limits_text(plan))
     grid.add_row("cost", cost_text(plan))
     parts: list[RenderableType] = [grid]
     for w in plan.warnings:
