@@ -197,3 +197,10 @@ def test_an_empty_parameter_list_in_a_sweep_is_an_error(prm, text):
                               f"{text}\n")
     line = one_line(prm("sweep", "s.toml", "--dry-run"))
     assert "= [] has no values" in line
+
+
+def test_a_prices_file_that_is_not_utf8_is_one_line(prm, prm_home):
+    (prm_home / "prices.toml").write_bytes(b"H100 = 3.5 # \xe9\n")
+    r = prm("run", "reverse-text", "--dry-run")
+    assert r.code == 1 and r.err.count("\n") == 1 and "prices.toml" in r.err
+    assert "Traceback" not in r.err

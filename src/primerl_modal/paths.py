@@ -34,7 +34,7 @@ def price_overrides() -> dict[str, float]:
         return {}
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise PrmError(f"{path}: cannot read prices ({e})", "fix or delete the file") from None
     table = data.get("prices", data)
     if not isinstance(table, dict):

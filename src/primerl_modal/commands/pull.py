@@ -163,7 +163,8 @@ def _report(run_id: str, outcomes: list[Outcome], target: Path) -> None:
             console.warn(escape(printable(f"{SHOWN[o.status]}: {o.path} ({o.error})")))
     got = sum(o.size for o in outcomes if o.status == "downloaded")
     console.err().print(
-        f"{run_id}: {counts['downloaded']} files ({got / 1e6:,.1f} MB) downloaded, "
+        f"{run_id}: {counts['downloaded']} file{'' if counts['downloaded'] == 1 else 's'} "
+        f"({got / 1e6:,.1f} MB) downloaded, "
         + ", ".join(f"{counts[s]} {SHOWN[s]}" for s in list(SHOWN)[1:])
         + f" -> {printable(str(target))}", markup=False, highlight=False)
     if counts["modified"] or counts["refused"] or counts["failed"]:
