@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from conftest import finished, launched, wait_for
@@ -88,15 +89,16 @@ def test_pull_a_modal_run_byte_for_byte_and_refuse_a_hostile_entry(prm, modal_en
            if p.is_file() and not p.is_symlink()}
     src |= {"_prm/" + p.relative_to(volume / "_prm" / run_id).as_posix(): p
             for p in (volume / "_prm" / run_id).rglob("*") if p.is_file()}
-    got = {p.relative_to(dest).as_posix(): p for p in dest.rglob("*") if p.is_file()}
+    got = {p.relative_to(dest).as_posix(): p for p in dest.rglob("*")
+           if p.is_file() and p.name != ".prm-pull.json"}
     assert set(got) == set(src)
     assert all(got[k].read_bytes() == src[k].read_bytes() for k in got)
     assert {k.split("/")[1] for k in got if k.startswith("checkpoints/")} == {
         "step_2", "step_4", "step_6"}
     latest = tmp_path / "latest"
     assert prm("pull", run_id, str(latest), "--only", "checkpoints", "--step", "latest").code == 0
-    assert {p.relative_to(latest).parts[1] for p in latest.rglob("*") if p.is_file()} == {
-        "step_6"}
+    assert {p.relative_to(latest).parts[1] for p in latest.rglob("*")
+            if p.is_file() and p.name != ".prm-pull.json"} == {"step_6"}
 
     modal_env.listing_aliases["prime-rl-outputs"] = {
         f"{run_id}/../../evil": f"{run_id}/metrics.jsonl"}
@@ -216,7 +218,7 @@ def _slow_run(modal_env, run_id: str) -> dict[str, bytes]:
 
 def _complete(dest) -> dict[str, bytes]:
     return {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*")
-            if p.is_file() and not p.name.endswith(".prm-part")}
+            if p.is_file() and not p.name.endswith(".prm-part") and p.name != ".prm-pull.json"}
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
@@ -244,3 +246,40 @@ def test_a_pull_killed_half_way_keeps_only_whole_files_and_a_rerun_fetches_the_r
     statuses = [m["status"] for m in r.json()]
     assert statuses.count("present") == 27 and statuses.count("downloaded") == 4
     assert _complete(dest) == data and not list(dest.rglob("*.prm-part"))
+
+
+def test_logs_follow_started_after_lines_were_stored_prints_each_line_once(prm, modal_env,
+                                                                        tmp_path):
+    """`prm logs -f` prints the lines already stored on the volume, then Modal's live stream
+    of the call, which starts from the call's first line: the stored ones must be skipped
+    there, each line printed exactly once, none lost."""
+    modal_env.extra_env["FAKE_RL_STEP_SECONDS"] = "0.3"
+    run_id = launched(prm, "reverse-text", "--set", "max_steps=24", "--set",
+                      "prime_rl.ckpt_interval=2")  # a commit every checkpoint: stored lines
+    call = modal_env.calls[open_index().get(run_id).call_id]
+    log = modal_env.volume_path("prime-rl-outputs") / "_prm" / run_id / "logs" / "attempt_1.log"
+    wait_for(lambda: log.exists() and "step 4 " in log.read_text(), timeout=60,
+             what="trainer lines stored on the volume")
+    stored_then = len(log.read_text().splitlines())
+    with (tmp_path / "follow.err").open("w+") as err, subprocess.Popen(
+            [*PRM, "logs", run_id, "-f", "--tail", "0"], stdout=subprocess.PIPE, stderr=err,
+            text=True) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the stored lines were read: the rest is the live part
+        running_then = call["status"]
+        watchdog = threading.Timer(120, proc.kill)  # a follow that never ends fails the test
+        watchdog.start()
+        try:
+            rest = proc.stdout.read()
+        finally:
+            watchdog.cancel()
+        code = proc.wait(timeout=60)
+        err.seek(0)
+        assert code == 0, err.read()
+    assert running_then == "running"
+    followed = [x for x in (first + rest).splitlines() if not x.startswith("[modal]")]
+    r = prm("logs", run_id, "--tail", "0")  # the run has ended: every line, from the volume
+    assert r.code == 0, r.err
+    every = r.out.splitlines()
+    assert len(every) > stored_then > 0 and any("step 24 " in x for x in every)
+    assert followed == every

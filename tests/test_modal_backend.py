@@ -8,6 +8,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from conftest import SENTINEL, finished, launched, only_function, wait_for
 
 from primerl_modal.run_index import open_index
@@ -17,7 +18,24 @@ def argvs(record: Path) -> list[list[str]]:
     return [json.loads(x)["argv"] for x in record.read_text().splitlines()]
 
 
-def test_detached_launch_asks_modal_for_the_plan(prm, modal_env):
+@pytest.fixture
+def runner_commits_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Modal (and the fake) commit a container's volumes when its function returns; without
+    that, the volume holds only what the runner's own commits published, so a runner whose
+    commit did nothing leaves none of its files there."""
+    from fake_modal.volumes import ContainerVolumes
+
+    monkeypatch.setattr(ContainerVolumes, "commit_all", lambda self: None)
+
+
+def committed(modal_env, run_id: str) -> tuple[Path, dict]:
+    """The run's prime-rl folder and its status.json, as committed on the outputs volume."""
+    volume = modal_env.volume_path("prime-rl-outputs")
+    status = json.loads((volume / "_prm" / run_id / "status.json").read_text())
+    return volume / run_id, status
+
+
+def test_detached_launch_asks_modal_for_the_plan(prm, modal_env, runner_commits_only):
     run_id = launched(prm, "reverse-text")
     (app,) = modal_env.apps.values()
     assert app["tags"] == {"prm-run": run_id}
@@ -31,10 +49,14 @@ def test_detached_launch_asks_modal_for_the_plan(prm, modal_env):
     assert rec.app_id in modal_env.apps and rec.call_id in modal_env.calls
     rec = finished(modal_env, run_id)
     assert rec.status == "SUCCEEDED" and rec.step == 8
-    volume = modal_env.volume_path("prime-rl-outputs")
-    assert (volume / run_id / "metrics.jsonl").exists()
-    assert (volume / "_prm" / run_id / "status.json").exists()
-    assert modal_env.commits  # the runner committed the volume
+    # What the runner committed, not what the container happened to write.
+    run_dir, status = committed(modal_env, run_id)
+    assert status["status"] == "SUCCEEDED" and status["progress"]["step"] == 8
+    assert status["attempts"][0]["outcome"] == "SUCCEEDED"
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    log = (run_dir.parent / "_prm" / run_id / "logs" / "attempt_1.log").read_text()
+    assert "[trainer]" in log and "Training finished" in log
 
 
 def test_gpu_flags_change_the_request_and_the_split(prm, modal_env, fast_fake):
@@ -100,17 +122,22 @@ def test_a_preempted_attempt_is_retried_and_resumes(prm, modal_env, fast_fake):
         "RUNNING", "RECOVERING", "RUNNING", "SUCCEEDED"]
 
 
-def test_stop_ends_the_run_stopped_with_files_committed(prm, modal_env):
+def test_stop_ends_the_run_stopped_with_files_committed(prm, modal_env, runner_commits_only):
     modal_env.extra_env["FAKE_RL_STEP_SECONDS"] = "0.2"
     run_id = launched(prm, "reverse-text", "--set", "max_steps=200")
     volume = modal_env.volume_path("prime-rl-outputs")
     wait_for(lambda: (volume / run_id / "checkpoints").exists(), what="a checkpoint")
-    commits_before = len(modal_env.commits)
     r = prm("stop", run_id)
     assert r.code == 0, r.err
     rec = open_index().get(run_id)
     assert rec.status == "STOPPED"
-    assert len(modal_env.commits) > commits_before
+    # The stop, and what the run wrote up to it, were committed by the runner.
+    run_dir, status = committed(modal_env, run_id)
+    assert status["status"] == "STOPPED" and status["history"][-1]["status"] == "STOPPED"
+    assert status["attempts"][0]["outcome"] == "STOPPED"
+    step = status["progress"]["step"]
+    assert step and len((run_dir / "metrics.jsonl").read_text().splitlines()) >= step
+    assert (run_dir / "checkpoints" / f"step_{status['progress']['ckpt_step']}").is_dir()
     assert "already STOPPED" in prm("stop", run_id).err
     modal_env.extra_env["FAKE_RL_STEP_SECONDS"] = "0.01"
     r = prm("run", "--resume", run_id)

@@ -190,12 +190,26 @@ def test_a_second_sigterm_while_recording_the_end_does_not_lose_it(local_profile
     monkeypatch.setenv("FAKE_RL_STEP_SECONDS", "0.15")
     plan = make_plan(local_profile, parse_set("max_steps=40"))
     proc = start_runner(plan, tmp_path, "--commit-every", "1000")
-    wait_for(lambda: status_of(plan).get("launcher_pid"), what="the launcher")
+    launcher = wait_for(lambda: status_of(plan).get("launcher_pid"), what="the launcher")
     wait_for(lambda: (status_of(plan).get("progress") or {}).get("step"), what="a step")
     for _ in range(5):  # a burst of signals, some arriving after the launcher has exited
         proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=30)
-    assert status_of(plan)["status"] == "STOPPED"
+    assert proc.returncode == 143
+    status = status_of(plan)
+    assert status["status"] == "STOPPED"
+    # The attempt's end is on record, once, with the launcher's exit...
+    (attempt,) = status["attempts"]
+    assert attempt["outcome"] == "STOPPED" and attempt["failure"] is False
+    assert attempt["ended_at"] and attempt["exit_code"] is not None
+    events = [json.loads(x)["event"]
+              for x in (Path(plan["meta_dir"]) / "events.jsonl").read_text().splitlines()]
+    assert events.count("attempt_ended") == 1
+    # ...the history ends with one STOPPED after the attempt's RUNNING...
+    assert [h["status"] for h in status["history"]][-2:] == ["RUNNING", "STOPPED"]
+    # ...and no process of the launcher's group is left behind.
+    with pytest.raises(ProcessLookupError):
+        os.killpg(launcher, 0)
 
 
 def test_an_exception_inside_the_runner_leaves_no_launcher(local_profile, fast_fake,

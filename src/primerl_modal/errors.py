@@ -1,10 +1,20 @@
 """The one error hierarchy of prm.
 
-The core raises these; the CLI boundary (cli.main) turns them into a single line on
-stderr and an exit code, so no user error ever shows a traceback.
+The core raises these; the CLI boundary (cli.run_cli) turns them into a single line on
+stderr and an exit code, so no user error ever shows a traceback. Under ``--json`` the same
+error is also printed on stdout as ``{"error": {"kind", "message", "hint"}}`` (``to_json``),
+which is what programs (``prm mcp``) read.
 """
 
 from __future__ import annotations
+
+
+def one_line(message: str, hint: str | None) -> str:
+    """``message; hint`` on one line, as ``prm: error:`` prints it (and ``prm mcp`` returns)."""
+    text = message.rstrip(".")
+    if hint:
+        text += f"; {hint}"
+    return " ".join(text.split())
 
 
 class PrmError(Exception):
@@ -19,10 +29,11 @@ class PrmError(Exception):
         self.hint = hint
 
     def one_line(self) -> str:
-        text = self.message.rstrip(".")
-        if self.hint:
-            text += f"; {self.hint}"
-        return " ".join(text.split())
+        return one_line(self.message, self.hint)
+
+    def to_json(self) -> dict[str, str | None]:
+        """The error for a program: ``kind`` is ``code`` (usage, profile, plan, error, ...)."""
+        return {"kind": self.code, "message": self.message, "hint": self.hint}
 
 
 class UsageError(PrmError):

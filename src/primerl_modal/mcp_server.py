@@ -5,8 +5,9 @@ Every tool runs the prm CLI itself as a subprocess with ``--json``
 (``PRM_HOME``, ``MODAL_*`` and the rest pass through), stdin closed and a time limit.
 So there is one implementation of every operation, and nothing but MCP frames ever
 reaches this process's stdout. On success a tool returns prm's JSON; on failure it
-returns an error result whose text is the one line prm printed (without the
-``prm: error: `` prefix), never a traceback.
+returns an error result whose text is prm's one line (``message; hint``, as ``prm: error:``
+prints it) and whose structured content is the error prm printed on stdout under
+``--json``, ``{"error": {"kind", "message", "hint"}}``; never a traceback.
 
 No tool blocks on a run: ``run`` and ``sweep`` launch detached and return at once,
 ``logs`` returns a bounded tail and never follows.
@@ -33,6 +34,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from primerl_modal import __version__
+from primerl_modal.errors import one_line
 
 # Time limits for one prm subprocess, in seconds. Queries are quick; a first launch on Modal
 # may build the image; stop waits for the runner to commit; pull moves checkpoints.
@@ -44,8 +46,6 @@ PULL_TIMEOUT_S = 3600.0
 MAX_LOG_LINES = 2000
 MAX_LINE_CHARS = 2000
 MAX_RUNS = 1000
-
-ERROR_PREFIX = "prm: error: "
 
 INSTRUCTIONS = """\
 prm runs prime-rl reinforcement-learning training on Modal GPUs (or this machine's GPUs).
@@ -59,11 +59,14 @@ says what went wrong and how to fix it.
 
 
 class PrmFailed(Exception):
-    """prm exited non-zero (or could not be run): ``message`` is its one-line explanation."""
+    """prm exited non-zero (or could not be run, or a tool's arguments make no command):
+    ``message`` is the one line that explains it; ``error`` is prm's JSON error, ``{"kind",
+    "message", "hint"}`` (kind "error" when prm printed none)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, error: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.error = error or {"kind": "error", "message": message, "hint": None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +103,9 @@ def run_prm(args: list[str], *, timeout: float = QUERY_TIMEOUT_S) -> tuple[str, 
         stdout = out.read().decode("utf-8", "replace")
         stderr = err.read().decode("utf-8", "replace")
     if code != 0:
+        error = json_error(stdout)
+        if error is not None:
+            raise PrmFailed(one_line(error["message"], error["hint"]), error)
         raise PrmFailed(error_line(stderr, code, command))
     return stdout, stderr
 
@@ -118,16 +124,27 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
+def json_error(stdout: str) -> dict[str, Any] | None:
+    """prm's error under ``--json``: the ``{"error": {...}}`` object on the last line of its
+    stdout (after any data it printed first), or None."""
+    lines = stdout.strip().splitlines()
+    try:
+        data = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) and len(data) == 1 else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return None
+    hint = error.get("hint")
+    return {"kind": str(error.get("kind") or "error"), "message": error["message"],
+            "hint": hint if isinstance(hint, str) else None}
+
+
 def error_line(stderr: str, code: int, command: str) -> str:
-    """The one line that explains a failed prm: its own ``prm: error:`` line, else click's
-    usage ``Error:`` line, else the last line it printed (with any warnings before it)."""
+    """The one line that explains a prm that failed without a JSON error (it crashed, or it
+    printed its data and exit 1, as a pull with refused files does): the last line it
+    printed, with any warnings before it."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith(ERROR_PREFIX):
-            return ln[len(ERROR_PREFIX):]
-    for ln in reversed(lines):
-        if ln.startswith("Error: "):
-            return ln[len("Error: "):]
     if not lines:
         return f"prm {command} failed (exit {code}) without saying why"
     if any(ln.startswith("Traceback (most recent call last)") for ln in lines):
@@ -540,7 +557,8 @@ TOOLS: list[tuple[Callable[..., dict[str, Any]], str, ToolAnnotations]] = [
 
 
 def as_tool(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any] | CallToolResult]:
-    """``fn`` with PrmFailed turned into an error result whose text is exactly prm's line.
+    """``fn`` with PrmFailed turned into an error result: its text is exactly prm's line, its
+    structured content prm's ``{"error": {"kind", "message", "hint"}}``.
 
     (Raising the SDK's ToolError would prefix it with "Error executing tool NAME: ".)
     The wrapper keeps fn's signature and docstring, so the schema is fn's.
@@ -552,7 +570,7 @@ def as_tool(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any] |
             return fn(**kwargs)
         except PrmFailed as e:
             return CallToolResult(content=[TextContent(type="text", text=e.message)],
-                                  is_error=True)
+                                  structured_content={"error": e.error}, is_error=True)
 
     return call
 

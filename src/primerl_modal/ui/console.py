@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from primerl_modal.errors import PrmError
+
 
 @cache
 def out() -> Console:
@@ -32,6 +34,12 @@ def print_json(data: Any) -> None:
     """Indented for a person at a terminal; compact (and faster) for a program in a pipe."""
     indent = 2 if sys.stdout.isatty() else None
     sys.stdout.write(json.dumps(data, indent=indent, default=str) + "\n")
+
+
+def print_json_error(error: PrmError) -> None:
+    """An error under ``--json``: ``{"error": {"kind", "message", "hint"}}`` on stdout, so a
+    program finds it where it reads the data (and knows it from data by the one key)."""
+    print_json({"error": error.to_json()})
 
 
 def warn(message: str) -> None:
