@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from primerl_modal.cli import run_cli
+from primerl_modal.paths import PACKAGED_PROFILES
 
 pytest_plugins = ["fake_modal.fixture"]  # the fake_modal fixture (tests/fake_modal)
 
@@ -102,7 +103,7 @@ def local_profile(tmp_path: Path, checkout: Path) -> Path:
         '[local]\nprime_rl_dir = "{checkout}"\noutputs_dir = "{outputs}"\n'
         'launcher = ["{python}", "{fake}"]\n'
         "[overrides]\nmax_steps = 8\n".format(
-            base=Path(__file__).resolve().parents[1] / "configs" / "base.toml",
+            base=PACKAGED_PROFILES / "base.toml",
             checkout=checkout, outputs=tmp_path / "outputs", python=sys.executable, fake=FAKE_RL,
         )
     )

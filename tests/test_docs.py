@@ -84,7 +84,7 @@ def test_the_docs_map_links_every_doc():
 
 def _kind(path: Path) -> str:
     data = tomllib.loads(path.read_text(encoding="utf-8"))
-    if "extends" in data:
+    if "extends" in data or "experiment" in data:  # math-8x.toml stands alone: no extends
         return "profile"
     if "profile" in data:
         return "sweep"
@@ -102,8 +102,8 @@ def test_example_sweep_plans(prm, path):
 
 
 def test_every_example_is_planned_somewhere():
-    """Profiles (with extends) plan in test_shipped, sweeps above; any other TOML must be
-    a config file that an example profile uploads."""
+    """Profiles (with extends or an [experiment]) plan in test_shipped, sweeps above; any
+    other TOML must be a config file that an example profile uploads."""
     tomls = sorted(EXAMPLES.glob("*.toml"))
     assert SWEEPS, "examples/ should hold a sweep file"
     texts = "\n".join(p.read_text(encoding="utf-8") for p in tomls)

@@ -21,10 +21,11 @@ from primerl_modal import cli
 from primerl_modal.commands.doctor import doctor
 from primerl_modal.commands.init import init
 from primerl_modal.commands.run import run
+from primerl_modal.paths import PACKAGED_PROFILES
 from primerl_modal.planning import plan_profile
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-BASE = Path(__file__).resolve().parents[1] / "configs" / "base.toml"
+BASE = PACKAGED_PROFILES / "base.toml"
 
 # The same wiring cli.py does, for a subprocess (and for this module, in the fixture below).
 WIRED = (

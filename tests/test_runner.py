@@ -16,6 +16,7 @@ from conftest import wait_for
 
 from primerl_modal.core.logs import parse_attempt_log
 from primerl_modal.core.profile import Setting, parse_set
+from primerl_modal.paths import PACKAGED_PROFILES
 from primerl_modal.planning import plan_profile
 from primerl_modal.runner.core import RunnerOptions, run
 
@@ -87,7 +88,7 @@ def test_lines_are_neither_lost_nor_duplicated(local_profile, fast_fake):
 
 def test_2025_10_dialect_component_logs_are_forwarded(tmp_path, checkout, fast_fake):
     profile = tmp_path / "legacy.toml"
-    parent = Path(__file__).resolve().parents[1] / "configs" / "hendrycks-math-1b-2025-10.toml"
+    parent = PACKAGED_PROFILES / "hendrycks-math-1b-2025-10.toml"
     profile.write_text(
         f'extends = "{parent}"\n'
         f'[backend]\nkind = "local"\n[local]\nprime_rl_dir = "{checkout}"\n'
