@@ -15,6 +15,7 @@ from primerl_modal.core.cost import Cost, cost_from_json, estimate
 from primerl_modal.core.durations import parse_duration
 from primerl_modal.core.gpu_plan import GpuPlan, plan_gpus
 from primerl_modal.core.gpus import Catalogue, default_resources
+from primerl_modal.core.guard import Guard, guard_from, guard_from_json
 from primerl_modal.core.image_spec import image_spec
 from primerl_modal.core.profile import ResolvedProfile, is_local_path, not_utf8
 from primerl_modal.core.run_id import make_run_id
@@ -112,6 +113,7 @@ class Plan:
     uv_version: str = UV_VERSION
     pass_env: tuple[str, ...] = ()  # local variables sent as a per-run secret (names only)
     sweep_id: str | None = None
+    guard: Guard = field(default_factory=Guard)
     warnings: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -171,6 +173,7 @@ class Plan:
             "ckpt_interval": self.ckpt_interval,
             "pass_env": list(self.pass_env),
             "sweep_id": self.sweep_id,
+            "guard": self.guard.to_json(),
             "warnings": list(self.warnings),
             "sources": dict(self.sources),
         }
@@ -329,6 +332,7 @@ def build_plan(
         uv_version=g("prime_rl.uv_version"),
         pass_env=tuple(dict.fromkeys(pass_env)),
         sweep_id=sweep_id,
+        guard=guard_from(g),
         warnings=tuple(warnings),
         sources=dict(profile.sources),
     )
@@ -459,6 +463,6 @@ def plan_from_json(data: Mapping[str, Any]) -> Plan:
         wandb=cmdline.Wandb(w["project"], w["name"], w["entity"], w["group"]),
         region=data["region"], cpu=data["cpu"], memory_mb=data["memory_mb"],
         ckpt_interval=data["ckpt_interval"], pass_env=tuple(data.get("pass_env", ())),
-        sweep_id=data.get("sweep_id"),
+        sweep_id=data.get("sweep_id"), guard=guard_from_json(data.get("guard")),
         warnings=tuple(data["warnings"]), sources=data["sources"],
     )

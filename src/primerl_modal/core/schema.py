@@ -76,6 +76,17 @@ KEYS: tuple[Key, ...] = (
         f"Memory to reserve, MiB (default: {MEMORY_GIB_PER_GPU} GiB per GPU)."),
     Key("modal", "base_image", "str", BASE_IMAGE,
         "CUDA devel base image a built image starts from."),
+    Key("guard", "stall_timeout", "duration", "30m",
+        "No new training step for this long after the first: a hung run, stopped FAILED and "
+        "not retried."),
+    Key("guard", "startup_timeout", "duration", "60m",
+        "No first step this long after launch (image pull, model download, compile): "
+        "stopped FAILED and not retried."),
+    Key("guard", "startup_retries", "int", 1,
+        "Retries of a failure before the first step (config errors repeat); a failure "
+        "after progress keeps [modal] retries."),
+    Key("guard", "max_usd", "float", None,
+        "Budget: the run (all attempts, at the plan's rates) is stopped when it reaches it."),
     Key("wandb", "project", "str", "prime-rl", "W&B project; the run name is the run id."),
     Key("wandb", "entity", "str", None, "W&B entity (team or user)."),
     Key("wandb", "group", "str", None, "W&B group."),
