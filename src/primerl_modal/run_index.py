@@ -86,6 +86,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX sweeps_created ON sweeps (created_at DESC);
     """,
+    # what a live run's GPUs are doing, and what the run holds on its outputs
+    """
+    ALTER TABLE runs ADD COLUMN gpu_util REAL;
+    ALTER TABLE runs ADD COLUMN size_bytes INTEGER
+    """,
 )
 
 
@@ -125,6 +130,8 @@ class RunRecord:
     call_id: str | None = None
     pid: int | None = None
     note: str | None = None
+    gpu_util: float | None = None  # mean utilization % of the run's GPUs, last sample
+    size_bytes: int | None = None  # the run's files on its outputs, last measured
 
 
 COLUMNS = tuple(f.name for f in fields(RunRecord))

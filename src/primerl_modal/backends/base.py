@@ -121,6 +121,10 @@ def apply_status(record: RunRecord, status: Any) -> RunRecord:
     record.max_steps = progress.get("max_steps", record.max_steps)
     record.metric_value = progress.get("value", record.metric_value)
     record.note = history[-1].get("note", record.note)
+    record.size_bytes = progress.get("size_bytes", record.size_bytes)
+    roles = (data.get("gpus") or {}).get("roles") or {}
+    utils = [r["util_pct"] for r in roles.values() if isinstance(r.get("util_pct"), float)]
+    record.gpu_util = round(sum(utils) / len(utils), 1) if utils else record.gpu_util
     record.updated_at = now
     return record
 

@@ -28,7 +28,7 @@ def run_remote(plan: dict[str, Any]) -> int:
 
     from primerl_modal.core import status as st
     from primerl_modal.core.plan import META_DIR
-    from primerl_modal.runner.core import RunnerOptions, run
+    from primerl_modal.runner.core import RunnerOptions, gpu_sample_every, run
     from primerl_modal.runner.state import STOP_MARKER, RunState
 
     raise_open_files_limit()
@@ -50,6 +50,7 @@ def run_remote(plan: dict[str, Any]) -> int:
 
     launcher = os.environ.get("PRM_LAUNCHER")
     options = RunnerOptions(
+        gpu_sample_every=gpu_sample_every(),
         outputs_root=outputs,
         workdir=Path(os.environ["PRM_WORKDIR"]) if os.environ.get("PRM_WORKDIR") else None,
         launcher=tuple(json.loads(launcher)) if launcher else None,

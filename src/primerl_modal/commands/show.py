@@ -98,6 +98,18 @@ def _next_steps(run_id: str, status: str) -> list[str]:
     return steps
 
 
+def _gpu_lines(gpus: dict[str, Any]) -> list[str]:
+    """Per role: utilization and memory now, and the peak memory seen (nvidia-smi)."""
+    lines: list[str] = []
+    for role, r in (gpus.get("roles") or {}).items():
+        lines.append(f"{'GPUs' if not lines else '':<10}{role}: {r.get('util_pct', '?')}% busy, "
+                     f"{r.get('mem_gib', '?')} GiB now, peak {r.get('peak_mem_gib', '?')} of "
+                     f"{r.get('total_gib', '?')} GiB")
+    if lines and gpus.get("at"):
+        lines[-1] += f"  (sampled {_when(gpus['at'])})"
+    return lines
+
+
 def _resumed_from(attempt: dict[str, Any]) -> str:
     if not attempt.get("resumed"):
         return "-"
@@ -157,6 +169,15 @@ def _render(d: dict[str, Any]) -> None:
                   f"   {metric} {progress.get('value', '-')}"
                   f"   latest checkpoint {progress.get('ckpt_step') or 'none'}", highlight=False,
                   markup=False)
+    for line in _gpu_lines(status.get("gpus") or {}):
+        out.print(line, highlight=False, markup=False)
+    stall = status.get("stall") or {}
+    if stall:
+        out.print(Text(f"stalled   {_when(stall.get('at'))}: {stall.get('reason', '')}",
+                       style="red"))
+        for component, lines in (stall.get("lines") or {}).items():
+            for line in lines:
+                out.print(f"  [{component}] {line}", highlight=False, markup=False)
     attempts = Table(title="attempts", title_justify="left", box=None, header_style="bold")
     for col in ("#", "started", "ended", "took", "outcome", "exit", "resumed from", "note"):
         attempts.add_column(col)

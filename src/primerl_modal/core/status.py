@@ -47,6 +47,7 @@ class Progress(TypedDict, total=False):
     max_steps: int
     value: float
     ckpt_step: int
+    size_bytes: int  # the run's files on its outputs, when last measured
 
 
 class Event(TypedDict, total=False):  # a line of history
@@ -76,6 +77,24 @@ class Runner(TypedDict, total=False):
     pid: int
 
 
+class GpuRole(TypedDict, total=False):  # one role's GPUs, from nvidia-smi
+    util_pct: float
+    mem_gib: float
+    peak_mem_gib: float
+    total_gib: float
+
+
+class Gpus(TypedDict, total=False):
+    at: float
+    roles: dict[str, GpuRole]
+
+
+class Stall(TypedDict, total=False):  # what the guard saw when it ended a hung run
+    at: float
+    reason: str
+    lines: dict[str, list[str]]
+
+
 class StatusFile(TypedDict, total=False):
     run_id: str
     status: str
@@ -89,6 +108,8 @@ class StatusFile(TypedDict, total=False):
     failure: Failure
     history: list[Event]
     attempts: list[Attempt]
+    gpus: Gpus
+    stall: Stall
 
 
 def checked_status(raw: Any, at: float) -> dict[str, Any]:

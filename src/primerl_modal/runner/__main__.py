@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from primerl_modal.runner.core import RunnerOptions, load_plan, run
+from primerl_modal.runner.core import RunnerOptions, gpu_sample_every, load_plan, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=25.0)
     args = parser.parse_args(argv)
     options = RunnerOptions(
+        gpu_sample_every=gpu_sample_every(),
         outputs_root=args.outputs_root.resolve(),
         workdir=args.workdir,
         launcher=tuple(json.loads(args.launcher)) if args.launcher else None,

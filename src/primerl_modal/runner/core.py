@@ -18,11 +18,14 @@ from types import FrameType
 from typing import Any, TextIO
 
 from primerl_modal.core import status as st
+from primerl_modal.core.cost import format_usd
 from primerl_modal.core.plan import META_DIR
 from primerl_modal.runner.checkpoints import resume_from, set_aside
 from primerl_modal.runner.forward import LogTailer, Sink, pump_pipe
 from primerl_modal.runner.progress import Progress, max_steps_from_argv
 from primerl_modal.runner.state import RunState, read_json, stop_requested, write_json_atomic
+from primerl_modal.runner.telemetry import SAMPLE_EVERY_S, Sampler, describe
+from primerl_modal.runner.watch import Verdict, Watch, spent_usd
 
 FAILURE_LINES = 20
 _HEARTBEAT_S = 5.0
@@ -50,8 +53,17 @@ class RunnerOptions:
     # than an end (a local kill).
     preemptible: bool = False
     time_limit_s: float | None = None  # the platform's limit for this attempt
+    gpu_sample_every: float = SAMPLE_EVERY_S
     # Whether `prm stop` asked for this stop (else a signal means preemption or shutdown).
     stop_requested: Callable[[Path], bool] = stop_requested
+
+
+def gpu_sample_every() -> float:
+    """How often the runner asks nvidia-smi (PRM_GPU_SAMPLE_S: tests sample faster)."""
+    try:
+        return float(os.environ.get("PRM_GPU_SAMPLE_S") or SAMPLE_EVERY_S)
+    except ValueError:
+        return SAMPLE_EVERY_S
 
 
 def has_artifacts(run_dir: Path) -> bool:
@@ -74,6 +86,7 @@ class Runner:
         self.signal: int | None = None
         self.signal_at = 0.0
         self.reason: str | None = None  # why the runner itself ended the launcher
+        self.verdict: Verdict | None = None  # the guard's, when it ended the launcher
         self.proc: subprocess.Popen[bytes] | None = None
         self.sink: Sink | None = None
         self.started = time.monotonic()
@@ -128,6 +141,16 @@ class Runner:
             self.commit()
             return 143
         self.state.close_unended()
+        guard = self.plan.get("guard") or {}
+        per_hour = float((self.plan.get("cost") or {}).get("per_hour_usd") or 0.0)
+        spent = spent_usd(self.state.data.get("attempts") or [], per_hour)
+        budget = guard.get("max_usd")
+        if isinstance(budget, int | float) and per_hour and spent >= budget:
+            self.state.data["ended_at"] = time.time()
+            self.state.set_status(st.STOPPED,
+                                  f"budget: {format_usd(spent)} of {format_usd(budget)}")
+            self.commit()
+            return 143
         failures = self.state.failures(self.options.call_id)
         resumed = self.state.attempt > 0 or has_artifacts(self.run_dir)
         resume = resume_from(self.plan["dialect"], self.run_dir) if resumed else None
@@ -153,25 +176,33 @@ class Runner:
         tailer.snapshot()
         progress = Progress(self.run_dir, self.plan.get("metric", "reward/mean"),
                             max_steps_from_argv(argv))
+        progress.poll()  # what earlier attempts wrote: not this attempt's progress
+        watch = Watch(guard, per_hour, spent, progress.rows, self.started)
+        gpu = self.plan.get("gpu") or {}
+        sampler = Sampler({"trainer": gpu.get("trainer_gpu_ids") or [],
+                           "inference": gpu.get("inference_gpu_ids") or []},
+                          self.options.gpu_sample_every,
+                          (self.state.data.get("gpus") or {}).get("roles")).start()
         in_main = threading.current_thread() is threading.main_thread()
         previous = {}
         if in_main:
             for sig in (signal.SIGTERM, signal.SIGINT, CANCEL_SIGNAL):
                 previous[sig] = signal.signal(sig, self._on_signal)
         try:
-            code = self._supervise(argv, sink, tailer, progress)
+            code = self._supervise(argv, sink, tailer, progress, watch, sampler)
             # Still ours until the end is recorded and committed: a second SIGTERM (a stop
             # and a cancel, a preemption notice twice) must not kill the bookkeeping.
-            self._finish(code, sink, progress, failures)
+            self._finish(code, sink, progress, failures, watch)
             sink.close()
             self.commit()
         finally:
+            sampler.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return code
 
     def _supervise(self, argv: list[str], sink: Sink, tailer: LogTailer,
-                   progress: Progress) -> int:
+                   progress: Progress, watch: Watch, sampler: Sampler) -> int:
         workdir = self.options.workdir or Path(self.plan["workdir"])
         env = {**os.environ, **self.plan.get("env", {}), "PRM_RUN_ID": self.run_id}
         try:
@@ -205,6 +236,13 @@ class Runner:
                     ending_at = self._end_launcher("stop requested", sink)
             elif ending_at is None and self._out_of_time(now):
                 ending_at = self._end_launcher("time limit", sink)
+            elif ending_at is None and (verdict := watch.check(
+                    now, progress.summary.get("step"), describe(sampler.latest))):
+                self.verdict = verdict
+                if verdict.outcome == st.FAILED:  # a hang: what each component said last
+                    self.state.data["stall"] = {"at": time.time(), "reason": verdict.note,
+                                                "lines": sink.tails()}
+                ending_at = self._end_launcher(verdict.note, sink)
             if ending_at is not None and not killed and now - ending_at > self.options.grace:
                 sink.emit("runner", [f"launcher still alive {self.options.grace:g}s after "
                                      "being told to stop: killing it"])
@@ -212,12 +250,15 @@ class Runner:
                 killed = True
             ckpt = progress.summary.get("ckpt_step")
             dirty = progress.poll() or dirty
+            watch.observe(progress.rows, now)
             new_checkpoint = progress.summary.get("ckpt_step") != ckpt
             since_save = now - last_save
             if (dirty and since_save >= _SAVE_EVERY_S) or since_save >= _HEARTBEAT_S or \
                     new_checkpoint:
                 self.state.data["progress"] = progress.summary
                 self.state.data["runner"]["heartbeat_at"] = time.time()
+                if sampler.at:
+                    self.state.data["gpus"] = {"at": sampler.at, "roles": sampler.latest}
                 self.state.save()
                 last_save, dirty = now, False
             # A complete checkpoint is published at once: no kill can take it back then.
@@ -254,9 +295,16 @@ class Runner:
         signal_group(self.proc.pid, signal.SIGTERM)
         return time.monotonic()
 
-    def _outcome(self, code: int, sink: Sink, failures: int) -> tuple[str, str, bool]:
+    def _outcome(self, code: int, sink: Sink, failures: int,
+                 progressed: bool) -> tuple[str, str, bool]:
         """(status, note, whether it spends the failure budget) of the ending attempt."""
-        retry = failures < self.options.retries
+        if self.verdict is not None:  # the guard's: final, never retried
+            return self.verdict.outcome, self.verdict.note, self.verdict.outcome == st.FAILED
+        # A failure before the attempt's first step (a config error, a missing package, out
+        # of memory at load) repeats: it gets [guard] startup_retries, not all the retries.
+        startup_retries = int((self.plan.get("guard") or {}).get("startup_retries", 1))
+        retry = failures < self.options.retries and (
+            progressed or self.state.startup_failures(self.options.call_id) < startup_retries)
         if self.signal == CANCEL_SIGNAL:
             return st.STOPPED, "stopped (its call was cancelled)", False
         if self.signal is not None or self.reason == "stop requested":
@@ -277,16 +325,22 @@ class Runner:
                                       "lines": lines}
         left = self.options.retries - failures
         note = f"{component} failed, exit code {code}"
-        note += f"; retrying ({left} left)" if retry else (
-            "; no retries left" if self.options.retries else "")
+        if not progressed:
+            note += " before its first step"
+        if retry:
+            note += f"; retrying ({left} left)"
+        elif self.options.retries:
+            note += "; no retries left" if progressed or failures >= self.options.retries \
+                else f"; no retries left for failures before the first step ({startup_retries})"
         return (st.RECOVERING if retry else st.FAILED), note, True
 
-    def _finish(self, code: int, sink: Sink, progress: Progress, failures: int) -> None:
+    def _finish(self, code: int, sink: Sink, progress: Progress, failures: int,
+                watch: Watch) -> None:
         self.state.data["progress"] = progress.summary
         self.state.data["exit_code"] = code
-        outcome, note, failed = self._outcome(code, sink, failures)
+        outcome, note, failed = self._outcome(code, sink, failures, watch.progressed)
         sink.emit("runner", [f"{self.run_id}: {outcome} ({note})"])
-        self.state.end_attempt(outcome, code, failure=failed,
+        self.state.end_attempt(outcome, code, failure=failed, progressed=watch.progressed,
                                preempted=outcome == st.RECOVERING and not failed)
         if outcome in st.FINAL:
             self.state.data["ended_at"] = time.time()

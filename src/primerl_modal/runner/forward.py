@@ -62,6 +62,11 @@ class Sink:
             pick = max(components, key=self._last_error.__getitem__, default="launcher")
             return pick, list(self._tails.get(pick, ()))
 
+    def tails(self, n: int = 10) -> dict[str, list[str]]:
+        """Every component's last ``n`` lines (what a stall leaves on record)."""
+        with self._lock:
+            return {c: list(t)[-n:] for c, t in self._tails.items() if c != "runner"}
+
     def close(self) -> None:
         with self._lock:
             self._log.close()

@@ -25,6 +25,7 @@ class Progress:
         self.run_dir = run_dir
         self.metric = metric
         self.summary: dict[str, Any] = {"metric": metric, "max_steps": max_steps}
+        self.rows = 0  # step rows read so far: a new one is a training step made
         self._offset = 0
         self._carry = b""
 
@@ -57,6 +58,7 @@ class Progress:
             if not isinstance(row, dict):
                 continue
             if isinstance(row.get("step"), int):
+                self.rows += 1
                 self.summary["step"] = row["step"]
                 self.summary["step_time"] = row.get("time")
             value = row.get(self.metric)

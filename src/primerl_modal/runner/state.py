@@ -128,6 +128,12 @@ class RunState:
                 a.update({"ended_at": None, "outcome": "KILLED", "exit_code": None,
                           "failure": not a.get("signal")})
 
+    def startup_failures(self, call_id: str | None) -> int:
+        """Failed attempts of one call that never made a training step."""
+        return sum(1 for a in self.data.get("attempts", [])
+                   if isinstance(a, dict) and a.get("call_id") == call_id and a.get("failure")
+                   and a.get("progressed") is False)
+
     def failures(self, call_id: str | None) -> int:
         """Failed attempts of one platform call (Modal's retry budget is per call; a
         `prm run --resume` is a new call with a fresh budget). Preemptions and stops are not

@@ -57,6 +57,20 @@ def run_columns(now: float | None = None) -> list[Column[RunRecord]]:
         Column("duration_s", "duration", lambda r: duration_s(r, t),
                lambda v: "-" if v is None else format_duration(v), "right"),
         Column("cost_usd", "cost", lambda r: cost_usd(r, t), lambda v: f"${v:,.2f}", "right"),
+        Column("gpu_util", "gpu%", lambda r: None if st.is_final(r.status) else r.gpu_util,
+               lambda v: "-" if v is None else f"{v:.0f}%", "right"),
         Column("backend", "on", lambda r: r.backend),
         Column("sweep_id", "sweep", lambda r: r.sweep_id),
+        Column("note", "why", lambda r: r.note if r.status in _EXPLAINED else None, _why),
     ]
+
+
+_EXPLAINED = {st.FAILED, st.STOPPED, st.LOST, st.UNKNOWN}
+
+
+def _why(note: str | None) -> str:
+    """The reason a run ended badly (e.g. `stalled: no step for 30m (last step 412)`), cut
+    to fit a table row; `prm show` has it whole."""
+    if not note:
+        return ""
+    return note if len(note) <= 60 else note[:57] + "..."
