@@ -1,6 +1,7 @@
 """`prm mcp`: the MCP server over stdio, driven end to end by the SDK's own stdio client:
 tool listing and schemas, a dry-run plan, a local run (fake prime-rl launcher) launched,
-listed, logged, pulled and stopped, a run on the fake Modal server, and a bad input."""
+listed, logged, pulled and stopped, a run on the fake Modal server, a bad input, and the
+spending cap (`prm mcp --max-usd`)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ TOOLS = {
     "logs": {"run", "tail", "components", "grep", "attempt"},
     "pull": {"run", "dest", "only", "step"},
     "stop": {"runs", "sweep"},
-    "plan_sweep": {"sweep_file", "profile", "grid"},
-    "sweep": {"sweep_file", "profile", "grid", "max_parallel", "fail_fast", "yes"},
+    "plan_sweep": {"sweep_file", "profile", "grid", "max_usd"},
+    "sweep": {"sweep_file", "profile", "grid", "max_parallel", "fail_fast", "yes", "max_usd"},
     "sweep_status": {"sweep_id"},
 }
 FINAL = {"SUCCEEDED", "FAILED", "STOPPED", "LOST"}
@@ -35,12 +36,14 @@ FINAL = {"SUCCEEDED", "FAILED", "STOPPED", "LOST"}
 Body = Callable[[ClientSession], Awaitable[None]]
 
 
-def serve(body: Body, errlog: Path, timeout: float = 60.0) -> None:
-    """Start the server as a subprocess with this test's environment (PRM_HOME, the fake
-    launcher's and the fake Modal server's variables), connect, and run ``body``."""
+def serve(body: Body, errlog: Path, timeout: float = 60.0, args: tuple[str, ...] = ()) -> None:
+    """Start the server (`prm mcp ARGS`) as a subprocess with this test's environment
+    (PRM_HOME, the fake launcher's and the fake Modal server's variables), connect, and run
+    ``body``."""
 
     async def main() -> None:
-        params = StdioServerParameters(command=SERVER[0], args=SERVER[1:], env=dict(os.environ))
+        params = StdioServerParameters(command=SERVER[0], args=[*SERVER[1:], *args],
+                                       env=dict(os.environ))
         with errlog.open("w") as err, anyio.fail_after(timeout):
             async with stdio_client(params, errlog=err) as (read, write):
                 async with ClientSession(read, write) as session:
@@ -167,11 +170,83 @@ def test_local_run_list_logs_pull_and_stop(tmp_path: Path, local_profile: Path,
 
 def test_run_on_modal_is_listed(tmp_path: Path, modal_env: Any) -> None:
     async def body(s: ClientSession) -> None:
+        cost = (await call(s, "plan_run", profile="reverse-text"))["cost"]
         launched = await call(s, "run", profile="reverse-text")
         run_id = launched["run_id"]
         assert launched["backend"] == "modal" and launched["record"]["app_id"]
+        # the default cap, $100, is over reverse-text's worst case: it runs with it as budget
+        assert launched["cost"] == {"so_far_usd": 0.0, "per_hour_usd": cost["per_hour_usd"],
+                                    "worst_case_usd": cost["max_usd"], "guard_max_usd": 100.0,
+                                    "cap_usd": 100.0}
         assert (await row(s, run_id)) is not None
         assert (await ended(s, run_id))["status"] == "SUCCEEDED"
+        shown = await call(s, "show_run", run=run_id)
+        assert shown["plan"]["guard"]["max_usd"] == 100.0
 
     serve(body, tmp_path / "server.err")
     assert len(modal_env.apps) == 1
+
+
+def _refusal(result: Any) -> tuple[str, dict[str, Any]]:
+    assert result.is_error
+    return result.content[0].text, result.structured_content["error"]
+
+
+def test_a_launch_over_the_cap_is_refused_with_both_figures(tmp_path: Path) -> None:
+    cap = 20.0
+
+    async def body(s: ClientSession) -> None:
+        plan = await call(s, "plan_run", profile="reverse-text")
+        worst = plan["cost"]["max_usd"]
+        assert worst > cap  # $38.66 at the built-in prices
+        assert plan["cap"] == {"max_usd": cap, "worst_case_usd": worst, "within": False}
+
+        text, error = _refusal(await s.call_tool("run", {"profile": "reverse-text"}))
+        assert text.startswith(f"this run could cost ${worst:,.2f} at worst, over this "
+                               "server's cap of $20.00 (prm mcp --max-usd); lower modal.timeout")
+        assert (error["kind"], error["worst_case_usd"], error["cap_usd"]) == (
+            "budget", worst, cap)
+
+        grid = ["trainer.optim.lr=1e-6,3e-6"]
+        planned = await call(s, "plan_sweep", profile="reverse-text", grid=grid, max_usd=500)
+        assert planned["cap"] == {"max_usd": cap, "budget_usd": cap,
+                                  "worst_case_usd": planned["total"]["max_usd"]}
+        text, error = _refusal(await s.call_tool(
+            "sweep", {"profile": "reverse-text", "grid": grid}))
+        assert f"its cheapest trial could cost ${worst:,.2f} at worst, over this server's " \
+            "cap of $20.00" in text and error["worst_case_usd"] == worst
+        assert (await call(s, "list_runs"))["runs"] == []  # nothing was launched
+
+    serve(body, tmp_path / "server.err", args=("--max-usd", "20"))
+
+
+def test_a_launch_under_the_cap_carries_it(tmp_path: Path, local_profile: Path,
+                                           fast_fake: Path) -> None:
+    async def body(s: ClientSession) -> None:
+        launched = await call(s, "run", profile=str(local_profile))
+        assert launched["cost"]["guard_max_usd"] == 20.0
+        tighter = await call(s, "run", profile=str(local_profile),
+                             overrides=["guard.max_usd=5"])
+        assert tighter["cost"]["guard_max_usd"] == 5.0
+        for run_id, budget in ((launched["run_id"], 20.0), (tighter["run_id"], 5.0)):
+            assert (await ended(s, run_id))["status"] == "SUCCEEDED"
+            shown = await call(s, "show_run", run=run_id)
+            assert shown["plan"]["guard"]["max_usd"] == budget
+
+        swept = await call(s, "sweep", profile=str(local_profile), grid=["max_steps=2,3"],
+                           max_parallel=1, max_usd=50)
+        assert swept["cost"]["max_usd"] == 20.0 and swept["cost"]["guard_max_usd"] == 20.0
+        assert any("over this server's cap" in w for w in swept["warnings"])
+        sid = swept["sweep_id"]
+
+        async def done() -> dict[str, Any] | None:
+            status = await call(s, "sweep_status", sweep_id=sid)
+            return status if all(t["status"] == "SUCCEEDED" for t in status["trials"]) \
+                and status["count"] == 2 else None
+
+        status = await until(done, "the sweep's two trials", timeout=60)
+        assert status["cost_so_far_usd"] == 0.0  # this machine's GPUs
+        trial = await call(s, "show_run", run=f"{sid}-0")
+        assert trial["plan"]["guard"]["max_usd"] == 20.0
+
+    serve(body, tmp_path / "server.err", timeout=120, args=("--max-usd", "20"))

@@ -12,6 +12,10 @@ prints it) and whose structured content is the error prm printed on stdout under
 No tool blocks on a run: ``run`` and ``sweep`` launch detached and return at once,
 ``logs`` returns a bounded tail and never follows.
 
+An assistant cannot overspend: ``run`` refuses a plan whose worst case is over the server's
+cap (``prm mcp --max-usd``, default $100), ``sweep`` launches with a budget within it, and
+every launch carries ``guard.max_usd`` within it, so the runner stops the run there too.
+
 Try it without the CLI wiring: ``python -m primerl_modal.mcp_server``.
 """
 
@@ -25,7 +29,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,6 +40,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
 
 from primerl_modal import __version__
+from primerl_modal.core.cost import format_usd
 from primerl_modal.errors import one_line
 
 # Time limits for one prm subprocess, in seconds. Queries are quick; a first launch on Modal
@@ -46,6 +53,7 @@ PULL_TIMEOUT_S = 3600.0
 MAX_LOG_LINES = 2000
 MAX_LINE_CHARS = 2000
 MAX_RUNS = 1000
+DEFAULT_MAX_USD = 100.0
 
 INSTRUCTIONS = """\
 prm runs prime-rl reinforcement-learning training on Modal GPUs (or this machine's GPUs).
@@ -54,7 +62,9 @@ Check a plan with plan_run before launching with run; run and sweep return at on
 an id: follow with show_run (status, progress, cost), logs (recent lines) and list_runs;
 stop with stop; download files with pull. Sweeps: plan_sweep, sweep, sweep_status.
 Run and sweep ids may be shortened to a unique prefix. Every failure is one line that
-says what went wrong and how to fix it.
+says what went wrong and how to fix it. Launches are capped: a run whose worst case (every
+attempt to its timeout) is over the server's cap is refused; lower modal.timeout or
+modal.retries, or use fewer GPUs. A sweep runs within a budget no higher than the cap.
 """
 
 
@@ -207,6 +217,42 @@ def joined(values: list[str] | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The spending cap (`prm mcp --max-usd`)
+
+
+@dataclass
+class Cap:
+    """What one launch through this server may cost at worst; set once by ``serve``."""
+
+    max_usd: float = DEFAULT_MAX_USD
+
+
+CAP = Cap()
+
+
+def over_cap(what: str, worst: float, hint: str) -> PrmFailed:
+    """The refusal of a launch, with the plan's worst case and the cap in its JSON too."""
+    message = (f"{what} could cost {format_usd(worst)} at worst, over this server's cap of "
+               f"{format_usd(CAP.max_usd)} (prm mcp --max-usd)")
+    return PrmFailed(one_line(message, hint), {
+        "kind": "budget", "message": message, "hint": hint,
+        "worst_case_usd": worst, "cap_usd": CAP.max_usd})
+
+
+def guard_within(*limits: float | None) -> float:
+    """The tightest of the guards already set and the cap: what a launch carries."""
+    return min([CAP.max_usd, *(x for x in limits if x is not None)])
+
+
+def cost_so_far(record: dict[str, Any]) -> float:
+    """A just-launched run's cost so far, as `prm ls` counts it (0 until it starts)."""
+    from primerl_modal.run_index import RunRecord
+    from primerl_modal.ui.runs import cost_usd
+
+    return cost_usd(RunRecord(**record), time.time())
+
+
+# ---------------------------------------------------------------------------------------------
 # Parameter types (their descriptions become the tools' JSON schemas)
 
 Profile = Annotated[
@@ -257,10 +303,13 @@ def plan_run(profile: Profile = None, overrides: Overrides = None, gpu: Gpu = No
     command line, the Modal image, volumes, secret names, timeout and worst-case cost.
 
     Use it to check a profile and overrides before `run`; a bad input returns a one-line
-    error saying how to fix it.
+    error saying how to fix it. `cap` says whether `run` would launch it: its worst case
+    against this server's cap.
     """
     data, _ = prm_json(["run", "--dry-run", *_run_args(profile, overrides, gpu, backend)])
-    return dict(data)
+    worst = data["cost"]["max_usd"]
+    return {**data, "cap": {"max_usd": CAP.max_usd, "worst_case_usd": worst,
+                            "within": worst <= CAP.max_usd}}
 
 
 def run(profile: Profile = None, overrides: Overrides = None, gpu: Gpu = None,
@@ -268,10 +317,19 @@ def run(profile: Profile = None, overrides: Overrides = None, gpu: Gpu = None,
     """Launch a training run, detached: returns at once with the run id; the run goes on
     without this server (on Modal, or as a detached process on this machine).
 
-    This starts paid GPU time on Modal: check the plan with `plan_run` first. Follow the run
-    with `show_run` (status, progress, cost) and `logs`; `stop` ends it.
+    This starts paid GPU time on Modal: check the plan with `plan_run` first. A plan whose
+    worst case (every attempt running to its timeout) is over this server's cap is refused;
+    a launched run carries a budget (guard.max_usd) within the cap, at which it is stopped.
+    Follow the run with `show_run` (status, progress, cost) and `logs`; `stop` ends it.
     """
-    record, stderr = prm_json(["run", "--detach", *_run_args(profile, overrides, gpu, backend)],
+    plan, _ = prm_json(["run", "--dry-run", *_run_args(profile, overrides, gpu, backend)])
+    worst = plan["cost"]["max_usd"]
+    if worst > CAP.max_usd:
+        raise over_cap("this run", worst, "lower modal.timeout or modal.retries, or use fewer "
+                                          "or cheaper GPUs (plan_run shows the cost)")
+    guard = guard_within((plan.get("guard") or {}).get("max_usd"))
+    carried = [*(overrides or []), f"guard.max_usd={guard}"]
+    record, stderr = prm_json(["run", "--detach", *_run_args(profile, carried, gpu, backend)],
                               timeout=LAUNCH_TIMEOUT_S)
     rid = record["run_id"]
     return {
@@ -280,6 +338,9 @@ def run(profile: Profile = None, overrides: Overrides = None, gpu: Gpu = None,
         "backend": record.get("backend"),
         "gpus": f"{record.get('gpu_type')} x {record.get('gpu_count')}: "
                 f"{record.get('trainer')} trainer + {record.get('inference')} inference",
+        "cost": {"so_far_usd": cost_so_far(record),
+                 "per_hour_usd": plan["cost"]["per_hour_usd"], "worst_case_usd": worst,
+                 "guard_max_usd": guard, "cap_usd": CAP.max_usd},
         "record": record,
         "warnings": warnings_in(stderr),
         "next": _run_hints(rid),
@@ -455,6 +516,19 @@ MaxParallel = Annotated[
     Field(ge=1, description="At most this many trials at once (default: the sweep file's "
                             "max_parallel, else 4)."),
 ]
+SweepBudget = Annotated[
+    float | None,
+    Field(gt=0, description="The sweep's budget in USD (default: the sweep file's max_usd): "
+                            "no trial starts whose worst case could cross it, running trials "
+                            "stop when the total cost reaches it. At most this server's cap."),
+]
+
+
+def budget_of(plan: dict[str, Any]) -> float:
+    """The budget a sweep launched through this server runs within: its own, at most the
+    cap."""
+    own = plan.get("max_usd")
+    return min(own, CAP.max_usd) if isinstance(own, int | float) else CAP.max_usd
 
 
 def _sweep_args(sweep_file: str | None, profile: str | None, grid: list[str] | None,
@@ -475,13 +549,15 @@ def _sweep_args(sweep_file: str | None, profile: str | None, grid: list[str] | N
 
 def plan_sweep(sweep_file: SweepFile = None, profile: SweepProfile = None, grid: Grid = None,
                overrides: SweepOverrides = None, backend: Backend = None,
-               max_parallel: MaxParallel = None) -> dict[str, Any]:
+               max_parallel: MaxParallel = None, max_usd: SweepBudget = None) -> dict[str, Any]:
     """Expand a sweep without launching anything: the sweep id, every trial with its
-    overrides, run id, GPUs and cost, and the total cost. Use it before `sweep`.
+    overrides, run id, GPUs and cost, and the total cost; `cap` says which budget `sweep`
+    would run it within. Use it before `sweep`.
     """
     args = _sweep_args(sweep_file, profile, grid, overrides, backend, max_parallel)
-    data, _ = prm_json(["sweep", "--dry-run", *args])
-    return dict(data)
+    data, _ = prm_json(["sweep", "--dry-run", *opt("--max-usd", max_usd), *args])
+    return {**data, "cap": {"max_usd": CAP.max_usd, "budget_usd": budget_of(data),
+                            "worst_case_usd": data["total"]["max_usd"]}}
 
 
 def sweep(
@@ -494,22 +570,39 @@ def sweep(
     max_trials: Annotated[
         int, Field(ge=1, description="Refuse a sweep with more trials than this unless yes.")
     ] = 64,
+    max_usd: SweepBudget = None,
 ) -> dict[str, Any]:
     """Launch a sweep, detached: returns at once with the sweep record; a controller (on
-    Modal, or a detached local process) starts the trials, at most max_parallel at once.
+    Modal, or a detached local process) starts the trials, at most max_parallel at once,
+    within a budget no higher than this server's cap (a sweep none of whose trials fits it
+    is refused).
 
     This starts paid GPU time: check it with `plan_sweep` first. Follow it with
-    `sweep_status` (trials ranked by the sweep's metric) and `list_runs(sweep=...)`;
-    `stop(sweep=...)` stops it.
+    `sweep_status` (trials ranked by the sweep's metric, cost so far) and
+    `list_runs(sweep=...)`; `stop(sweep=...)` stops it.
     """
     args = _sweep_args(sweep_file, profile, grid, overrides, backend, max_parallel)
+    plan, _ = prm_json(["sweep", "--dry-run", *opt("--max-usd", max_usd), *args])
+    budget = budget_of(plan)
+    cheapest = min(t["max_usd"] for t in plan["trials"])
+    if cheapest > budget:
+        raise over_cap("its cheapest trial", cheapest, "lower modal.timeout or modal.retries, "
+                                                       "or use fewer or cheaper GPUs")
+    guard = guard_within(budget, *(t.get("guard_max_usd") for t in plan["trials"]))
+    carried = _sweep_args(sweep_file, profile, grid, [*(overrides or []),
+                                                      f"guard.max_usd={guard}"],
+                          backend, max_parallel)
     record, stderr = prm_json(["sweep", *opt("--max-trials", max_trials), *flag("--yes", yes),
-                               *flag("--fail-fast", fail_fast), *args],
-                              timeout=LAUNCH_TIMEOUT_S)
+                               *flag("--fail-fast", fail_fast), *opt("--max-usd", budget),
+                               *carried], timeout=LAUNCH_TIMEOUT_S)
     sid = record["sweep_id"]
+    notes = ([f"max_usd {format_usd(max_usd)} is over this server's cap: the sweep's budget is "
+              f"{format_usd(budget)}"] if max_usd is not None and max_usd > budget else [])
     return {"sweep_id": sid, "trials": record.get("trials"),
             "max_parallel": record.get("max_parallel"), "backend": record.get("backend"),
-            "record": record, "warnings": warnings_in(stderr),
+            "cost": {"so_far_usd": 0.0, "worst_case_usd": plan["total"]["max_usd"],
+                     "max_usd": budget, "guard_max_usd": guard, "cap_usd": CAP.max_usd},
+            "record": record, "warnings": [*notes, *warnings_in(stderr)],
             "next": [f"sweep_status(sweep_id={sid!r}): trials ranked by "
                      f"{record.get('metric')} ({record.get('goal')})",
                      f"list_runs(sweep={sid!r}): the trials' status",
@@ -520,11 +613,14 @@ def sweep_status(
     sweep_id: Annotated[str, Field(description="Sweep id, or a unique prefix of one.")],
 ) -> dict[str, Any]:
     """A sweep's trials, best first by the sweep's metric and goal (trials without a value
-    yet follow in index order), each with status, step, metric, duration and cost.
+    yet follow in index order), each with status, step, metric, duration and cost, and the
+    sweep's cost so far.
     Returns at once; call again to follow.
     """
     rows, stderr = prm_json(["sweep", "show", "--", sweep_id])
-    out: dict[str, Any] = {"sweep_id": sweep_id, "count": len(rows), "trials": rows}
+    out: dict[str, Any] = {"sweep_id": sweep_id, "count": len(rows), "trials": rows,
+                           "cost_so_far_usd": round(sum(r.get("cost_usd") or 0.0 for r in rows),
+                                                    2)}
     if warnings := warnings_in(stderr):
         out["warnings"] = warnings
     return out
@@ -583,8 +679,10 @@ def build_server() -> MCPServer[Any]:
     return server
 
 
-def serve() -> None:
-    """Serve the tools over stdio until the client closes the connection."""
+def serve(max_usd: float = DEFAULT_MAX_USD) -> None:
+    """Serve the tools over stdio until the client closes the connection; no launch may
+    cost more than ``max_usd`` at worst."""
+    CAP.max_usd = max_usd
     build_server().run("stdio")
 
 

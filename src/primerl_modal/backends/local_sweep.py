@@ -19,7 +19,14 @@ from primerl_modal.runner.state import (
     request_stop,
     write_json_atomic,
 )
-from primerl_modal.sweep_control import Hooks, TrialState, control
+from primerl_modal.sweep_control import (
+    Hooks,
+    TrialState,
+    control,
+    sweep_budget,
+    trial_spent,
+    with_rates,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,13 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads((sweep_dir / "controller.json").read_text())
     outputs = spec["outputs_root"]
     meta_root = Path(outputs) / "_prm"
-    trials = [TrialState(t["index"], t["run_id"]) for t in spec["trials"]]
+    plan = read_json(sweep_dir / "sweep.json") or {}
+    trials = with_rates([TrialState(t["index"], t["run_id"]) for t in spec["trials"]], plan)
 
-    def status_of(t: TrialState) -> dict[str, Any]:
-        return read_json(meta_root / t.run_id / "status.json") or {}
+    def status_of(run_id: str) -> dict[str, Any]:
+        return read_json(meta_root / run_id / "status.json") or {}
 
     def poll(t: TrialState) -> str | None:
-        status = status_of(t)
+        status = status_of(t.run_id)
         final = str(status.get("status", ""))
         if st.is_final(final):
             return final
@@ -48,13 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def stop(t: TrialState) -> None:
         request_stop(meta_root / t.run_id)
-        pid = live_runner(meta_root / t.run_id, status_of(t), int(t.handle or 0))
+        pid = live_runner(meta_root / t.run_id, status_of(t.run_id), int(t.handle or 0))
         if pid:
             os.kill(pid, signal.SIGTERM)
 
-    def mark_stopped(t: TrialState) -> None:
-        RunState.load(meta_root / t.run_id, t.run_id).set_status(
-            st.STOPPED, "stopped with its sweep before it started")
+    def mark_stopped(t: TrialState, note: str) -> None:
+        RunState.load(meta_root / t.run_id, t.run_id).set_status(st.STOPPED, note)
 
     hooks = Hooks(
         start=lambda t: str(spawn_runner(meta_root / t.run_id, outputs)),
@@ -63,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         save=lambda items: write_json_atomic(
             sweep_dir / "state.json", {"controller": os.getpid(),
                                        "trials": [t.to_json() for t in items]}),
+        spent=lambda t: trial_spent(status_of(t.run_id), t.per_hour_usd),
         log=lambda text: print(text, flush=True), tick=args.tick,
     )
     write_json_atomic(sweep_dir / "state.json", {"controller": os.getpid(),
                                                  "trials": [t.to_json() for t in trials]})
-    control(trials, int(spec["max_parallel"]), bool(spec["fail_fast"]), hooks)
+    budget = sweep_budget(plan, trials, status_of)
+    control(trials, int(spec["max_parallel"]), bool(spec["fail_fast"]), hooks, budget)
     return 0
 
 

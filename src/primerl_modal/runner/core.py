@@ -269,6 +269,7 @@ class Runner:
         reap_group(self.proc.pid)
         reader.join(timeout=5)
         tailer.poll(final=True)
+        progress.measure()  # what stays on the outputs, after prime-rl's own clean-up
         progress.poll()
         return 128 - code if code < 0 else code
 
