@@ -151,12 +151,12 @@ def test_a_failed_launch_leaves_no_run_behind(prm, local_profile, fast_fake, mon
     def broken(self: Any, rec: Any) -> None:
         raise PrmError("cannot write the run index (disk I/O error)")
 
-    monkeypatch.setattr(run_index.RunIndex, "upsert", broken)
-    r = prm("run", str(local_profile), "--detach")
+    with monkeypatch.context() as patched:  # only this; $PRM_HOME stays the test's own
+        patched.setattr(run_index.RunIndex, "upsert", broken)
+        r = prm("run", str(local_profile), "--detach")
     assert r.code == 1 and "disk I/O error" in r.err
     outputs = local_profile.parent / "outputs" / "_prm"
     assert not outputs.exists() or not any(outputs.iterdir())
-    monkeypatch.undo()
     assert prm("ls", "--all", "--json").json() == []
 
 
