@@ -34,6 +34,10 @@ def prm_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monke
     monkeypatch.delenv("PRM_TRACEBACK", raising=False)
     # no test reaches the Hugging Face Hub: a model outside prm's table is looked up here
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    # nor a developer's own Modal account (the fake_modal fixture sets its own token)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(home / "no-modal-config.toml"))
+    for name in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "PRM_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(work)
     return home
 

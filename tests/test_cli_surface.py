@@ -12,7 +12,7 @@ import typer
 from primerl_modal.cli import app
 
 # Every command of the tree, by path, is one or the other: a new command must be placed.
-DATA_COMMANDS = {"run", "ls", "logs", "show", "pull", "stop", "doctor", "init",
+DATA_COMMANDS = {"run", "ls", "logs", "show", "cost", "pull", "stop", "doctor", "init",
                  "sweep start", "sweep ls", "sweep show"}  # `prm sweep FILE` is `sweep start`
 OTHER_COMMANDS = {"mcp"}  # serves MCP over stdio: prints no data of its own
 

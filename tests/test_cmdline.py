@@ -37,7 +37,7 @@ def test_current_argv_exact():
         "--inference.vllm.tensor-parallel-size", "2", "--inference.vllm.data-parallel-size", "3",
         "--output-dir", "/outputs", "--run.name", rid,
         "--monitors.wandb.project", "prime-rl", "--monitors.wandb.name", rid,
-        "--ckpt.interval", "25",
+        "--ckpt.interval", "25", "--ckpt.keep-last", "3",
         "--trainer.optim.lr", "1e-05", "--max-steps", "50",
     ]
 
@@ -56,7 +56,7 @@ def test_2025_10_argv_exact():
         "--wandb.project", "prime-rl", "--wandb.name", rid,
         "--trainer.wandb.id", wandb_run_id(rid, "trainer"),
         "--orchestrator.wandb.id", wandb_run_id(rid, "orchestrator"),
-        "--ckpt.interval", "100",
+        "--ckpt.interval", "100", "--ckpt.keep", "3",
     ]
     assert plan.warnings == ()
     assert "PRL_RUN_ID" not in plan.env  # that launcher does not read it
@@ -109,8 +109,8 @@ def test_env_overrides_the_backends_defaults():
 def test_2025_10_ckpt_override_needs_ckpt_interval():
     with pytest.raises(PlanError, match="resets the config files' \\[ckpt\\] interval"):
         plan_of("hendrycks-math-1b-2025-10", parse_set("prime_rl.ckpt_interval=0"),
-                parse_set("ckpt.keep=2"))
-    plan = plan_of("hendrycks-math-1b-2025-10", parse_set("ckpt.keep=2"))
+                parse_set("ckpt.something=2"))
+    plan = plan_of("hendrycks-math-1b-2025-10", parse_set("prime_rl.ckpt_keep_last=2"))
     assert plan.argv[-4:] == ("--ckpt.interval", "100", "--ckpt.keep", "2")
 
 
@@ -121,7 +121,7 @@ def test_2025_10_without_ckpt_interval_warns_that_a_resume_changes_it():
 
 
 @pytest.mark.parametrize("key", ["trainer.wandb.id", "orchestrator.wandb.id",
-                                 "ckpt.resume_step"])
+                                 "ckpt.resume_step", "ckpt.keep"])
 def test_2025_10_keys_prm_manages_are_refused(key):
     with pytest.raises(PlanError, match="is set by prm"):
         plan_of("hendrycks-math-1b-2025-10", parse_set(f"{key}=1"))

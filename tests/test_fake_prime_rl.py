@@ -358,6 +358,7 @@ def test_2025_10_rejects_flags_it_does_not_know(tmp_path: Path) -> None:
         (["--wandb.entity", "team"], "--wandb.entity"),
         (["--wandb.id", "abc"], "--wandb.id"),
         (["--ckpt.every", "2"], "--ckpt.every"),
+        (["--dry-run"], "--dry-run"),
     ]:
         result = run_rl(legacy_args(tmp_path, *extra), tmp_path)
         assert result.returncode == 2, extra
@@ -403,6 +404,24 @@ def test_dry_run_writes_only_configs(tmp_path: Path) -> None:
     assert run_rl(current_args(tmp_path, "--max-steps", "1"), tmp_path).returncode == 0
 
 
+def test_unknown_keys_are_refused_as_pydantic_config_refuses_them(tmp_path: Path) -> None:
+    (tmp_path / "extra.toml").write_text("[trainer.model]\nanything = 1\n[ckpt]\nkeep = 2\n")
+    for extra in (["--trainer.optim.lrr", "1e-6"], ["--dry-run", "--trainer.optim.lrr", "1e-6"]):
+        result = run_rl(current_args(tmp_path, "@", "extra.toml", *extra), tmp_path)
+        assert result.returncode == 1
+        lines = [line.strip("│ ") for line in result.stderr.splitlines()]
+        assert lines[0].startswith("╭─ Config file error ─") and lines[-1].startswith("╰")
+        assert lines[1:-1] == ["Failed to validate config:", "─" * 76,
+                               "2 validation errors for RLConfig",
+                               "--trainer.optim.lrr", "Extra inputs are not permitted (got 1e-06)",
+                               "--ckpt.keep", "Extra inputs are not permitted (got 2)"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["extra.toml", "rl.toml"]
+    # tables the fake does not model take any key; known ones take theirs
+    ok = run_rl(current_args(tmp_path, "--trainer.model.anything", "1", "--ckpt.keep-last", "2",
+                             "--trainer.optim.weight-decay", "0.1", "--dry-run"), tmp_path)
+    assert ok.returncode == 0, ok.stderr
+
+
 def test_config_files_merge_and_flag_values(tmp_path: Path) -> None:
     (tmp_path / "base.toml").write_text(RL_TOML)
     (tmp_path / "extra.toml").write_text("[trainer.optim]\nweight_decay = 0.1\n")
@@ -413,16 +432,16 @@ def test_config_files_merge_and_flag_values(tmp_path: Path) -> None:
         "--orchestrator.seq-len", "128",
         "--orchestrator.temperatures", "0.5", "1",
         "--orchestrator.tags", '["a","b"]',
-        "--trainer.compile",
-        "--no-trainer.activation-checkpointing",
+        "--trainer.enable-router-replay",
+        "--no-trainer.model.reshard-after-forward",
         "--model.revision", "main",
     ]  # fmt: skip
     result = run_rl(args, tmp_path)
     assert result.returncode == 0, result.stderr
     rl = json.loads((tmp_path / "out" / "r" / "configs" / "rl.json").read_text())
     assert rl["trainer"]["optim"] == {"lr": 3e-6, "weight_decay": 0.1}
-    assert rl["trainer"]["compile"] is True
-    assert rl["trainer"]["activation_checkpointing"] is False
+    assert rl["trainer"]["enable_router_replay"] is True
+    assert rl["trainer"]["model"]["reshard_after_forward"] is False
     assert rl["orchestrator"]["seq_len"] == 128
     assert rl["orchestrator"]["temperatures"] == [0.5, 1]
     assert rl["orchestrator"]["tags"] == ["a", "b"]

@@ -15,7 +15,9 @@ from primerl_modal.run_index import open_index
 
 
 def argvs(record: Path) -> list[list[str]]:
-    return [json.loads(x)["argv"] for x in record.read_text().splitlines()]
+    """The launcher's command lines, its preflight dry runs aside."""
+    launches = [json.loads(x)["argv"] for x in record.read_text().splitlines()]
+    return [argv for argv in launches if "--dry-run" not in argv]
 
 
 @pytest.fixture
@@ -77,7 +79,8 @@ def test_same_profile_same_build_steps_and_local_code_adds_none(prm, modal_env, 
     (code / "configs").mkdir()
     launched(prm, "reverse-text", "--local-code", str(code))
     first, second, third = (modal_env.image_commands(f["image_id"])
-                            for f in modal_env.functions.values())
+                            for f in modal_env.functions.values()
+                            if f["function_name"] == "run_remote")
     assert first == second
     assert third == first  # the overlay is attached at start, not built in
     mounted = json.dumps(modal_env.mounts)
@@ -110,8 +113,8 @@ def test_attached_run_prints_the_runners_lines_and_exits_with_the_result(prm, mo
 
 def test_a_preempted_attempt_is_retried_and_resumes(prm, modal_env, fast_fake):
     modal_env.extra_env["FAKE_RL_STEP_SECONDS"] = "0.2"
-    modal_env.preempt_after(seconds=1.5, times=1)
-    run_id = launched(prm, "reverse-text", "--set", "max_steps=12")
+    modal_env.preempt_after(seconds=1.5, times=1)  # the next call: the run's, no preflight
+    run_id = launched(prm, "reverse-text", "--set", "max_steps=12", "--no-preflight")
     rec = finished(modal_env, run_id)
     assert rec.status == "SUCCEEDED" and rec.attempts == 2
     first, second = argvs(fast_fake)

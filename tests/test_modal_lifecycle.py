@@ -16,7 +16,9 @@ from primerl_modal.run_index import open_index
 
 
 def records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    """The launcher's invocations, its preflight dry runs aside."""
+    found = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return [r for r in found if "--dry-run" not in r["argv"]]
 
 
 def committed_status(fake: Any, run_id: str) -> dict[str, Any]:

@@ -29,7 +29,8 @@ def test_json_plan_has_the_documented_keys(prm):
     assert plan["argv"][0] == "/opt/prime-rl/.venv/bin/rl"  # installed: no re-sync at start
     assert plan["secrets"] == ["wandb", "huggingface"]
     assert plan["volumes"] == {"/outputs": "prime-rl-outputs", "/cache": "prime-rl-cache"}
-    assert set(plan["cost"]) == {"per_hour_usd", "max_usd", "per_hour_breakdown_usd"}
+    assert set(plan["cost"]) == {"per_hour_usd", "max_usd", "per_hour_breakdown_usd", "source"}
+    assert plan["cost"]["source"] == "built-in"  # no token here: no Modal rates
     assert is_run_id(plan["run_id"])
 
 

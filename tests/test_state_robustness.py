@@ -148,7 +148,7 @@ def test_failure_lines_are_bounded_in_status_json_and_in_show(prm, local_profile
     profile = re.sub(r"^launcher = .*$", f'launcher = ["{sys.executable}", "{launcher}"]',
                      local_profile.read_text(), flags=re.M)
     (tmp_path / "huge.toml").write_text(profile)
-    r = prm("run", str(tmp_path / "huge.toml"), "--detach")
+    r = prm("run", str(tmp_path / "huge.toml"), "--detach", "--no-preflight")
     assert r.code == 0, r.err
     meta = Path(open_index().get(r.out.strip()).meta_dir)
     status = wait_for(lambda: (s := json.loads((meta / "status.json").read_text()))["status"]

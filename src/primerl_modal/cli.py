@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from primerl_modal.commands.cost import cost
 from primerl_modal.commands.doctor import doctor
 from primerl_modal.commands.init import init
 from primerl_modal.commands.logs import logs
@@ -47,18 +48,29 @@ def root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print prm's version."
     ),
+    offline: bool = typer.Option(
+        False, "--offline",
+        help="Open no connection to plan: prices from the cache, prices.toml or the "
+             "built-in table, no model look-ups, no billed figures (also PRM_OFFLINE=1).",
+    ),
 ) -> None:
     """Run prime-rl reinforcement-learning experiments on Modal's serverless GPUs.
 
     Profiles (TOML) describe a run; prm plans the GPU split, builds the prime-rl
     command line, launches it on Modal, and keeps its logs and outputs.
     """
+    if offline:
+        from primerl_modal.prices import OFFLINE_ENV
+
+        # the environment, not a flag: what prm starts (`prm mcp`'s runs) is offline too
+        os.environ[OFFLINE_ENV] = "1"
 
 
 app.command(no_args_is_help=False)(run)
 app.command()(logs)
 app.command()(ls)
 app.command()(show)
+app.command()(cost)
 app.command()(pull)
 app.command()(stop)
 app.add_typer(sweep_app, name="sweep")

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from primerl_modal import paths
-from primerl_modal.core.gpus import catalogue
 from primerl_modal.core.plan import MODAL_LAYOUT, Layout, Plan, build_plan
 from primerl_modal.core.profile import (
     DEFAULT_PROFILE,
@@ -20,6 +19,7 @@ from primerl_modal.core.profile import (
 )
 from primerl_modal.core.schema import BACKENDS
 from primerl_modal.errors import ProfileError
+from primerl_modal.prices import PriceFetch, catalogue_for
 
 if TYPE_CHECKING:
     pass
@@ -54,15 +54,17 @@ def plan_profile(
     layout: Layout | None = None,
     now: datetime | None = None,
     pass_env: Sequence[str] = (),
+    prices: PriceFetch = "cached",
 ) -> tuple[Plan, ResolvedProfile]:
-    """Resolve profile ``name`` (default: reverse-text) with ``settings`` and plan one run.
+    """Resolve profile ``name`` (default: reverse-text) with ``settings`` and plan one run;
+    ``prices`` says whether Modal's current rates may be fetched (prices.catalogue_for).
 
     Raises PrmError (ProfileError, PlanError) for anything that would not launch.
     """
     profile = resolve(name or DEFAULT_PROFILE, search_path(), settings)
     layout = layout or layout_for(profile)
     plan = build_plan(
-        profile, catalogue(paths.price_overrides()),
+        profile, catalogue_for(layout.backend, prices),
         now=now or datetime.now(UTC), token=secrets.token_hex(2), layout=layout,
         pass_env=tuple(pass_env),
     )

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from primerl_modal import paths
-from primerl_modal.core.gpus import Catalogue, catalogue
+from primerl_modal.core.cost import format_usd
+from primerl_modal.core.gpus import Catalogue
 from primerl_modal.core.plan import Layout, Plan, build_plan
 from primerl_modal.core.profile import (
     ResolvedProfile,
@@ -27,6 +27,7 @@ from primerl_modal.core.run_id import MAX_LEN, make_run_id
 from primerl_modal.core.sweep import SweepSpec, expand, load_sweep_text, parse_grid_flag
 from primerl_modal.errors import PlanError, PrmError, ProfileError
 from primerl_modal.planning import layout_for, search_path
+from primerl_modal.prices import PriceFetch, catalogue_for
 from primerl_modal.run_index import SweepRecord
 
 
@@ -58,11 +59,12 @@ class SweepPlan:
         return {
             "sweep_id": self.sweep_id, "name": s.name, "profile": s.profile,
             "method": s.method, "max_parallel": s.max_parallel, "metric": s.metric,
-            "goal": s.goal, "backend": self.backend,
+            "goal": s.goal, "max_usd": s.max_usd, "backend": self.backend,
             "trials": [{"index": t.index, "run_id": t.plan.run_id,
                         "overrides": dict(t.overrides), "gpu": t.plan.gpu.modal_gpu,
                         "per_hour_usd": t.plan.cost.per_hour_usd,
-                        "max_usd": t.plan.cost.max_usd} for t in self.trials],
+                        "max_usd": t.plan.cost.max_usd,
+                        "guard_max_usd": t.plan.guard.max_usd} for t in self.trials],
             "total": {"trials": len(self.trials), "per_hour_usd": self.total_per_hour(),
                       "max_usd": self.total_max()},
         }
@@ -101,7 +103,8 @@ def trial_settings(overrides: Mapping[str, Any], index: int) -> list[Setting]:
 
 
 def plan_sweep(spec: SweepSpec, settings: Sequence[Setting] = (), *,
-               now: datetime | None = None, pass_env: Sequence[str] = ()) -> SweepPlan:
+               now: datetime | None = None, pass_env: Sequence[str] = (),
+               prices: PriceFetch = "cached") -> SweepPlan:
     """Every trial's plan. One invalid trial stops the sweep, naming its index and reason.
 
     Raises PlanError / ProfileError.
@@ -121,18 +124,32 @@ def plan_sweep(spec: SweepSpec, settings: Sequence[Setting] = (), *,
     base = resolve_profile(spec.profile, search,
                            [*settings, Setting("experiment.metric", spec.metric, "sweep")])
     layout = layout_for(base)
-    prices = catalogue(paths.price_overrides())
+    price_table = catalogue_for(layout.backend, prices)
     trials = []
     collecting = gc.isenabled()
     gc.disable()  # thousands of plans, no cycles among them: collector passes are pure cost
     try:
         for index, overrides in enumerate(expand(spec)):
-            trials.append(_plan_trial(base, index, overrides, prices, layout, when, token,
+            trials.append(_plan_trial(base, index, overrides, price_table, layout, when, token,
                                       sweep_id, pass_env, search.cwd))
     finally:
         if collecting:
             gc.enable()
+    _check_budget(spec.max_usd, trials)
     return SweepPlan(sweep_id, spec, tuple(trials))
+
+
+def _check_budget(max_usd: float | None, trials: Sequence[Trial]) -> None:
+    """Raises PlanError for a budget that no trial's worst case fits in: none could start."""
+    if max_usd is None:
+        return
+    cheapest = min(trials, key=lambda t: t.plan.cost.max_usd)
+    if cheapest.plan.cost.max_usd > max_usd:
+        raise PlanError(
+            f"no trial fits the sweep's budget of {format_usd(max_usd)}: the cheapest, trial "
+            f"{cheapest.index}, could cost {format_usd(cheapest.plan.cost.max_usd)} at worst",
+            "raise max_usd, or lower modal.timeout or modal.retries (the worst case is every "
+            "attempt running to its timeout)")
 
 
 def _plan_trial(base: ResolvedProfile, index: int, overrides: dict[str, Any],

@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 
 import grpclib.server
 
+from .billing_rpcs import DEFAULT_RATES
 from .blobs import BlobServer, ContentStore
 from .executor import FINAL_STATUSES, Executor
 
@@ -95,6 +96,7 @@ class FakeModal:
         self.grace_s: float = self.default_grace_s
         self.retry_delay_scale: float = 1.0  # every retry delay of a policy is multiplied by it
         self.secrets: dict[str, dict[str, str]] = {}
+        self.billing_rates: dict[str, str] = dict(DEFAULT_RATES)  # see billing_rpcs.py
         self.extra_env: dict[str, str] = {}
         # env var name -> mount path: each container gets the var set to its local copy of
         # that mount (for code that reads where a volume is mounted from the environment).

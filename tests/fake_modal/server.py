@@ -1,7 +1,7 @@
 """The gRPC servicer: answers the RPCs of the real modal 1.6.4 client and records what it asked.
 
 Apps, images, mounts, blobs and secrets are answered here; logs in log_rpcs.py, volumes in
-volume_rpcs.py, functions and calls in function_rpcs.py. Every RPC of
+volume_rpcs.py, functions and calls in function_rpcs.py, billing in billing_rpcs.py. Every RPC of
 ``modal_proto.api_grpc.ModalClientBase`` that none of them implements fails with
 ``UNIMPLEMENTED`` naming the method, and is recorded in ``FakeModal.unimplemented`` and
 ``FakeModal.errors`` (which fail the test, see fixture.py), so gaps show up at once.
@@ -22,6 +22,7 @@ from grpclib import GRPCError, Status
 from modal_proto import api_pb2
 from modal_proto.api_grpc import ModalClientBase
 
+from .billing_rpcs import BillingRpcs
 from .fake import new_id, stable_id
 from .function_rpcs import FunctionRpcs
 from .log_rpcs import LogRpcs
@@ -51,7 +52,7 @@ def state_value(name: str) -> Any:
     return api_pb2.AppState.Value("APP_STATE_" + name.upper())
 
 
-class FakeModalServicer(LogRpcs, VolumeRpcs, FunctionRpcs, ModalClientBase):
+class FakeModalServicer(LogRpcs, VolumeRpcs, FunctionRpcs, BillingRpcs, ModalClientBase):
     # ------------------------------------------------------- client, env
 
     @unary

@@ -58,6 +58,16 @@ Dialect ``current`` (prime-rl from Aug 2026):
 - Logs go to a new ``logs/attempt_<n>`` per launch (``logs/latest`` points at it).
 - The launcher does ``os.environ.setdefault("PRL_RUN_ID", uuid4().hex)`` and sets
   ``PRL_RUN_NAME`` to the run name; its children inherit both.
+- Unknown config keys are refused before anything else, from a flag or a config file
+  alike, as prime-rl's pydantic configs (``extra="forbid"``) refuse them through
+  pydantic-config: on stderr, in a box titled ``Config file error``, ``Failed to validate
+  config:``, ``N validation error(s) for RLConfig``, then per key its flag form
+  (``--trainer.optim.lrr``) and ``Extra inputs are not permitted (got <value>)``; exit 1,
+  nothing written (``--dry-run`` included). The fake knows the top-level keys, the
+  ``[trainer]`` keys, the optimizer's (``[trainer.optim]``) and the shared ``[ckpt]``
+  keys (``CURRENT_SCHEMA``); inside the other tables any key passes. (Real prime-rl's
+  pydantic-config reports an unknown flag outside a union-typed table as
+  ``Unrecognized command-line option(s):`` in the same box; the fake uses one wording.)
 
 Dialect ``2025-10`` (prime-rl of Oct 2025, three files):
 
@@ -67,7 +77,8 @@ Dialect ``2025-10`` (prime-rl of Oct 2025, three files):
 - Resume is ``--ckpt.resume-step N`` (or ``[ckpt] resume_step`` in the trainer file):
   resumes from exactly step N, same load failure when incomplete or missing; 0 means no
   resume. ``--resume`` does not exist here: it is rejected like any unknown flag
-  (``unrecognized arguments``, exit 2), and so are ``--ckpt.*`` keys other than
+  (``unrecognized arguments``, exit 2), and so are ``--dry-run`` (prime-rl then had no dry
+  run; its config also checked the GPUs it was given), ``--ckpt.*`` keys other than
   ``interval``, ``resume-step``, ``keep`` and ``--wandb.*`` keys other than ``project``,
   ``name``, ``offline`` (e.g. ``--wandb.entity``, ``--wandb.id``).
 - Any ``--ckpt.*`` flag creates the shared ``[ckpt]`` table, whose interval (default 50)
@@ -80,13 +91,14 @@ Dialect ``2025-10`` (prime-rl of Oct 2025, three files):
   with "w" on every launch).
 - The launcher does not set ``PRL_RUN_ID`` (it passes on an inherited one).
 
-Both dialects: ``--dry-run`` validates and writes ``configs/`` only, without checking
-for artifacts; configs are written as JSON; a resume appends to ``metrics.jsonl`` (steps
-after the checkpoint may repeat), and so does a 2025-10 launch that cleaned the rest.
+Dialect ``current``: ``--dry-run`` validates and writes ``configs/`` only, without
+checking for artifacts. Both dialects: configs are written as JSON; a resume appends to
+``metrics.jsonl`` (steps after the checkpoint may repeat), and so does a 2025-10 launch
+that cleaned the rest.
 
 Exit codes: 0 finished (or ``--dry-run``), 1 run failure / refused run directory /
-failed checkpoint load, 2 invalid command line or config, 143 SIGTERM, 130 SIGINT, -9
-(killed) with ``FAKE_RL_DIE_IN_CHECKPOINT_AT_STEP``.
+failed checkpoint load / unknown config key, 2 invalid command line or config, 143
+SIGTERM, 130 SIGINT, -9 (killed) with ``FAKE_RL_DIE_IN_CHECKPOINT_AT_STEP``.
 
 Environment controls (unset or empty means off):
 
@@ -185,6 +197,30 @@ LEGACY_SHARED_KEYS = {
     "ckpt": ("interval", "resume_step", "keep"),
     "wandb": ("project", "name", "offline"),
 }
+# prime-rl's config (dialect current) as far as the fake models it: each table listed
+# here refuses the keys it does not name (None: a table or value not modelled, where any
+# key passes). Keys from prime-rl's RLConfig, TrainerConfig, its optimizer configs
+# (AdamW, SGD, Muon) and SharedCheckpointConfig, plus the launcher's run/resume/clean.
+_ANY = None
+CURRENT_SCHEMA: dict[str, Any] = {
+    **dict.fromkeys((
+        "orchestrator", "inference", "teacher_inference", "output_dir", "clean_output_dir",
+        "log", "wandb", "monitors", "model", "max_steps", "max_model_len", "seq_len",
+        "max_async_level", "weight_broadcast", "bench", "deployment", "slurm",
+        "env_server_base_port", "run", *CONTROL_KEYS,
+    ), _ANY),
+    "trainer": {
+        **dict.fromkeys((
+            "model", "tokenizer", "data", "loss", "scheduler", "ckpt", "weight_broadcast",
+            "rollout_transport", "log", "wandb", "output_dir", "max_steps", "max_async_level",
+            "enable_router_replay", "memory_profiler_path", "bench", "trace_path",
+            "dist_timeout_seconds", "heartbeat", "metrics_server", "max_concurrent_runs",
+        ), _ANY),
+        "optim": dict.fromkeys(("type", "lr", "weight_decay", "max_norm", "betas1", "betas2",
+                                "momentum", "nesterov", "mu"), _ANY),
+    },
+    "ckpt": dict.fromkeys(("interval", "resume_step", "keep_last", "keep_interval"), _ANY),
+}
 POLL_SECONDS = 0.02
 CHILD_GRACE_SECONDS = 0.25
 SHUTDOWN_LOG_SECONDS = 0.25
@@ -235,6 +271,38 @@ while True:
 
 class UsageError(Exception):
     """Invalid command line or configuration: exit 2 before writing anything."""
+
+
+class ConfigError(Exception):
+    """pydantic refused the merged config: pydantic-config's box on stderr, exit 1."""
+
+    def __init__(self, unknown: list[tuple[list[str], Any]]) -> None:
+        super().__init__(f"{len(unknown)} unknown key(s)")
+        self.unknown = unknown
+
+    def box(self) -> list[str]:
+        count = len(self.unknown)
+        body = ["Failed to validate config:", "─" * 76,
+                f"{count} validation error{'s' if count != 1 else ''} for RLConfig"]
+        for path, value in self.unknown:
+            got = "" if isinstance(value, dict | list) else f" (got {value!r})"
+            body += ["--" + ".".join(p.replace("_", "-") for p in path),
+                     f"Extra inputs are not permitted{got}"]
+        title = "─ Config file error "
+        return [f"╭{title}{'─' * (78 - len(title))}╮",
+                *(f"│ {line:<76} │" for line in body), f"╰{'─' * 78}╯"]
+
+
+def unknown_keys(cfg: dict[str, Any], schema: dict[str, Any],
+                 prefix: tuple[str, ...] = ()) -> list[tuple[list[str], Any]]:
+    """Every key of ``cfg`` that ``schema`` does not name, with its value, depth first."""
+    found: list[tuple[list[str], Any]] = []
+    for key, value in cfg.items():
+        if key not in schema:
+            found.append(([*prefix, key], value))
+        elif isinstance(schema[key], dict) and isinstance(value, dict):
+            found += unknown_keys(value, schema[key], (*prefix, key))
+    return found
 
 
 class LaunchError(Exception):
@@ -516,6 +584,8 @@ def _reject_unknown_legacy_flags(cfg: dict[str, Any]) -> None:
         raise UsageError(
             "unrecognized arguments: --resume (this dialect resumes with --ckpt.resume-step N)"
         )
+    if "dry_run" in cfg:
+        raise UsageError("unrecognized arguments: --dry-run")
     for table, known in LEGACY_SHARED_KEYS.items():
         value = cfg.get(table)
         if not isinstance(value, dict):
@@ -561,6 +631,9 @@ def _legacy_controls(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_current(cfg: dict[str, Any]) -> Plan:
+    unknown = unknown_keys(cfg, CURRENT_SCHEMA)
+    if unknown:
+        raise ConfigError(unknown)
     deployment = cfg.setdefault("deployment", {})
     if not isinstance(deployment, dict):
         raise UsageError("deployment must be a table")
@@ -1420,6 +1493,10 @@ def main(argv: Sequence[str]) -> int:
         warn(USAGE)
         warn(f"rl: error: {exc}")
         return 2
+    except ConfigError as exc:
+        for line in exc.box():
+            warn(line)
+        return 1
     if plan.dialect == "current":
         os.environ["PRL_RUN_NAME"] = plan.run_name
     if plan.dry_run:

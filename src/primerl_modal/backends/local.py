@@ -162,6 +162,10 @@ class LocalBackend:
 
     def launch(self, plan: Plan, *, sweep_id: str | None = None) -> RunRecord:
         self._check_machine(plan)
+        if plan.preflight:  # before anything of the run exists: a refusal leaves nothing
+            from primerl_modal.runner.preflight import local_check
+
+            local_check(plan.to_json(with_input_texts=True))
         record = _prepare(plan, sweep_id)
         try:
             self.index.upsert(record)

@@ -42,6 +42,7 @@ from primerl_modal.core.run_id import trial_index
 from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunIndex, RunRecord, SweepRecord
+from primerl_modal.runner.preflight import require_accepted
 from primerl_modal.runner.state import (
     STOP_MARKER,
     close_attempt,
@@ -53,6 +54,10 @@ from primerl_modal.transfer import Source
 from primerl_modal.ui import console
 
 STOP_WAIT_S = 45.0  # the runner's grace (20 s) and its last commit, with room to spare
+# The preflight's container: no GPU, no volume, no secret (prime-rl's dry run downloads no
+# model and starts no W&B run), no retry (a refusal repeats); memory enough to import prime-rl
+# (torch, vLLM's config), time enough to do so from a freshly pulled image.
+PREFLIGHT_RESOURCES: dict[str, Any] = {"cpu": 2.0, "memory": 4096, "timeout": 600}
 _POLL_S = 2.0
 
 
@@ -84,11 +89,17 @@ class ModalBackend:
     def _volume(self, name: str) -> modal.Volume:
         return volume(name)
 
-    def define(self, plan: Plan, sweep_id: str | None = None) -> tuple[modal.App, Any]:
-        """The app and function of one run (defining them makes no network call)."""
+    def define(self, plan: Plan, sweep_id: str | None = None,
+               preflight: bool = False) -> tuple[modal.App, Any, Any | None]:
+        """The app of one run, its GPU function and, with ``preflight``, the CPU function
+        that dry-runs prime-rl in the same image first (defining them makes no network
+        call)."""
         app = modal.App(plan.run_id, tags=tags_of(plan.run_id, sweep_id))
-        function = app.function(**self._function_options(plan))(modal_remote.run_remote)
-        return app, function
+        options = self._function_options(plan)
+        function = app.function(**options)(modal_remote.run_remote)
+        check = app.function(image=options["image"], **PREFLIGHT_RESOURCES)(
+            modal_remote.preflight_remote) if preflight else None
+        return app, function, check
 
     def _function_options(self, plan: Plan, max_containers: int | None = None) -> dict[str, Any]:
         retries = (modal.Retries(max_retries=plan.retries, backoff_coefficient=1.0,
@@ -218,7 +229,7 @@ class ModalBackend:
         check_local_code(plan)
         plan_json = plan.to_json(with_input_texts=True)
         with contextlib.ExitStack() as hold:
-            app_id, call_id = self._start(plan, sweep_id, hold)
+            app_id, call_id = self._start(plan, sweep_id, hold, preflight=plan.preflight)
             with modal_errors():  # only a launched run leaves its plan (`ls --all`, resume)
                 self._upload(plan.volumes["/outputs"],
                              {"plan.json": json.dumps(plan_json, indent=1).encode()},
@@ -228,17 +239,21 @@ class ModalBackend:
             self.index.upsert(record)
         return record
 
-    def _start(self, plan: Plan, sweep_id: str | None,
-               hold: contextlib.ExitStack) -> tuple[str, str]:
-        """Build the image if Modal does not have it (Modal's own output, on stderr) and
-        start the run's call. From the moment the call exists, Ctrl-C is held until the
-        caller's ``hold`` ends, so a started run is always recorded."""
+    def _start(self, plan: Plan, sweep_id: str | None, hold: contextlib.ExitStack,
+               preflight: bool = False) -> tuple[str, str]:
+        """Build the image if Modal does not have it (Modal's own output, on stderr), run
+        the preflight if asked, and start the run's call. From the moment the call exists,
+        Ctrl-C is held until the caller's ``hold`` ends, so a started run is always
+        recorded."""
+        plan_json = plan.to_json(with_input_texts=True)
         with modal_errors():
             for name in plan.volumes.values():  # a wrong one is said before any build
                 self._volume(name).hydrate()
-            app, function = self.define(plan, sweep_id)
+            app, function, check = self.define(plan, sweep_id, preflight)
             with modal_output(plan), app.run(name=plan.run_id, detach=True):
-                call = function.spawn(plan.to_json(with_input_texts=True))
+                if check is not None:  # a refusal raises here: the app stops, no GPU starts
+                    _preflight(check, plan_json)
+                call = function.spawn(plan_json)
                 hold.enter_context(interrupts.held())
                 return str(app.app_id), str(call.object_id)
 
@@ -501,6 +516,26 @@ def modal_output(plan: Plan) -> Iterator[None]:
                             highlight=False)
     with contextlib.redirect_stdout(sys.stderr), modal.enable_output():
         yield
+
+
+def _preflight(check: Any, plan_json: dict[str, Any]) -> None:
+    """prime-rl's dry run on the CPU function, waited for.
+
+    Raises PreflightRejected when prime-rl refuses the config, PrmError when the container
+    could not run it.
+    """
+    console.err().print("preflight: prime-rl's rl --dry-run on a CPU container "
+                        "(--no-preflight skips it)", highlight=False)
+    started = time.monotonic()
+    try:
+        code, output = check.remote(plan_json)
+    except modal.exception.Error:
+        raise  # modal_errors says it
+    except Exception as e:  # noqa: BLE001 - the container's own error, raised again here
+        raise PrmError(f"preflight: the CPU container could not run prime-rl's dry run "
+                       f"({type(e).__name__}: {e}); nothing was launched",
+                       "pass --no-preflight to launch without the check") from None
+    require_accepted(code, output, time.monotonic() - started)
 
 
 def _done(call: modal.FunctionCall | None) -> bool:

@@ -94,7 +94,14 @@ def connect_timeout() -> float:
 
 
 def connect() -> None:
-    """A token, and a Modal server that answers within the bounded wait (once a process)."""
+    """A token, and a Modal server that answers within the bounded wait (once a process).
+
+    Raises PrmError under `prm --offline`, which opens no connection at all."""
+    from primerl_modal.prices import offline
+
+    if offline():
+        raise PrmError("--offline: prm opens no connection to Modal",
+                       "drop --offline (or unset PRM_OFFLINE) to reach Modal")
     require_token()
     from modal.config import config
 

@@ -70,6 +70,17 @@ def run_remote(plan: dict[str, Any]) -> int:
     return code
 
 
+def preflight_remote(plan: dict[str, Any]) -> tuple[int, list[str]]:
+    """prime-rl's `rl ... --dry-run` for ``plan``, in the run's image on a CPU container:
+    (exit code, the last lines of its output). The caller decides what a refusal means."""
+    from primerl_modal.runner.preflight import dry_run
+
+    # PRM_WORKDIR / PRM_LAUNCHER: tests against a fake Modal, as for run_remote
+    workdir, launcher = os.environ.get("PRM_WORKDIR"), os.environ.get("PRM_LAUNCHER")
+    return dry_run(plan, workdir=Path(workdir) if workdir else None,
+                   launcher=tuple(json.loads(launcher)) if launcher else None)
+
+
 def raise_open_files_limit(want: int = OPEN_FILES) -> None:
     """vLLM engines and env servers open many sockets: prime-rl's own image raises the
     limit at start (its entrypoint's `ulimit -n`), and so does prm's runner."""
@@ -88,8 +99,9 @@ def raise_open_files_limit(want: int = OPEN_FILES) -> None:
 
 def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
     """The sweep controller, a CPU function in the sweep's app: starts trials (calls of the
-    trial ``functions``) while fewer than max_parallel run. Its state lives on the outputs
-    volume, so a restarted controller carries on where the last one was."""
+    trial ``functions``) while fewer than max_parallel run, within the budget of the sweep's
+    sweep.json. Its state lives on the outputs volume, so a restarted controller carries on
+    where the last one was."""
     import modal
 
     from primerl_modal.core import status as st
@@ -101,7 +113,14 @@ def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
         read_json,
         write_json_atomic,
     )
-    from primerl_modal.sweep_control import Hooks, TrialState, control
+    from primerl_modal.sweep_control import (
+        Hooks,
+        TrialState,
+        control,
+        sweep_budget,
+        trial_spent,
+        with_rates,
+    )
 
     outputs = Path(os.environ.get("PRM_OUTPUTS_DIR", OUTPUTS_MOUNT))
     volume = modal.Volume.from_name(sweep["outputs_volume"])
@@ -121,6 +140,13 @@ def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
             return b"".join(volume.read_file(path))
         except (FileNotFoundError, modal.exception.NotFoundError):
             return None
+
+    def status_of(run_id: str) -> dict[str, Any] | None:
+        # as the trial's runner last committed it: this container's mount may be older
+        return json_object(on_volume(f"{META_DIR}/{run_id}/status.json"))
+
+    plan = json_object(on_volume(f"{META_DIR}/sweeps/{sweep_id}/sweep.json")) or {}
+    with_rates(trials, plan)
 
     def start(t: TrialState) -> str:
         spec = by_index[t.index]
@@ -150,9 +176,10 @@ def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
         # InputCancellation in the trial's runner: it stops prime-rl and records STOPPED
         modal.FunctionCall.from_id(t.handle or "").cancel()
 
-    def mark_stopped(t: TrialState) -> None:
-        state = RunState.load(outputs / META_DIR / t.run_id, t.run_id)
-        state.set_status(st.STOPPED, "stopped with its sweep before it started")
+    def mark_stopped(t: TrialState, note: str) -> None:
+        meta, data = outputs / META_DIR / t.run_id, status_of(t.run_id)
+        state = RunState(meta, data) if data else RunState.create(meta, t.run_id)
+        state.set_status(st.STOPPED, note)
 
     def save(items: list[TrialState]) -> None:
         write_json_atomic(state_path, {"sweep_id": sweep_id, "controller": me,
@@ -163,7 +190,9 @@ def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
         start=start, poll=poll, stop=stop, mark_stopped=mark_stopped,
         stop_requested=lambda: on_volume(f"{META_DIR}/sweeps/{sweep_id}/{STOP_MARKER}")
         is not None,
-        save=save, log=lambda text: print(f"[sweep] {text}", flush=True),
+        save=save, spent=lambda t: trial_spent(status_of(t.run_id), t.per_hour_usd),
+        log=lambda text: print(f"[sweep] {text}", flush=True),
         tick=float(os.environ.get("PRM_SWEEP_TICK", "2")),
     )
-    control(trials, int(sweep["max_parallel"]), bool(sweep["fail_fast"]), hooks)
+    control(trials, int(sweep["max_parallel"]), bool(sweep["fail_fast"]), hooks,
+            sweep_budget(plan, trials, status_of))

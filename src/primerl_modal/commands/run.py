@@ -11,6 +11,7 @@ from primerl_modal.ui import complete
 from primerl_modal.ui.options import JsonOption
 
 if TYPE_CHECKING:
+    from primerl_modal.core.fit import Fit
     from primerl_modal.core.profile import Setting
 
 
@@ -119,6 +120,11 @@ def run(
     explain: Annotated[
         bool, typer.Option("--explain", help="With --dry-run: show where each value came from.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Launch even when the model's weights alone cannot fit "
+                                     "the GPUs by prm's memory estimate."),
+    ] = False,
     backend: Annotated[
         str | None,
         typer.Option("--backend", help="modal (default) or local (this machine's GPUs)."),
@@ -132,6 +138,13 @@ def run(
                      help="Send this local environment variable to the run as a secret "
                           "(repeatable; never written anywhere)."),
     ] = None,
+    no_preflight: Annotated[
+        bool,
+        typer.Option("--no-preflight",
+                     help="Skip the preflight: prime-rl's own `rl ... --dry-run` of this "
+                          "config, on a small CPU container (Modal) or in the checkout "
+                          "(local), before any GPU starts."),
+    ] = False,
     resume: Annotated[
         str | None,
         typer.Option("--resume", metavar="RUN", autocompletion=complete.run_ids,
@@ -141,6 +154,15 @@ def run(
 ) -> None:
     """Plan a prime-rl run from a profile and launch it.
 
+    Before the GPUs start, prime-rl's own `rl ... --dry-run` checks the whole config (a
+    typo'd key, a wrong type, an impossible split) on a small CPU container in the run's
+    image (locally: in the checkout); a refusal shows prime-rl's message and launches
+    nothing (docs/modal.md, Preflight). `--no-preflight` skips it; `--resume` runs none
+    (its plan was checked at the run's first launch).
+
+    The plan estimates whether the model fits the GPUs (docs/fit.md) and suggests a node
+    that would; a model whose weights alone cannot fit is refused unless `--force`.
+
     Examples:
 
     \b
@@ -149,8 +171,11 @@ def run(
       prm run ./my-exp.toml --gpu H100:8 --set trainer.optim.lr=3e-6 --set max_steps=200
       prm run my-exp --dry-run --explain      # where every value came from
       prm run my-exp --backend local --detach # on this machine's GPUs, in the background
+      prm run my-exp --no-preflight           # skip prime-rl's dry run before launching
       prm run --resume my-exp-261129          # continue a stopped run from its checkpoint
     """
+    from dataclasses import replace
+
     from primerl_modal.planning import plan_profile
 
     if resume:
@@ -174,7 +199,13 @@ def run(
         settings.append(Setting("backend.kind", backend, "--backend"))
     if explain and not dry_run:
         raise UsageError("--explain goes with --dry-run", "add --dry-run")
-    plan, resolved = plan_profile(profile, settings, pass_env=pass_env or ())
+    plan, resolved = plan_profile(profile, settings, pass_env=pass_env or (),
+                                  prices="try" if dry_run else "launch")
+    # prime-rl of the 2025-10 layout has no --dry-run (and checks its GPUs while validating)
+    plan = replace(plan, preflight=not no_preflight and plan.dialect == "current")
+    from primerl_modal.hub import plan_with_hub
+
+    plan = plan_with_hub(plan)  # a model size prm's table does not know: the Hub, bounded
     require_pass_env(plan.pass_env)
     if dry_run:
         from primerl_modal.ui import console
@@ -189,6 +220,7 @@ def run(
         if explain:
             console.out().print(explain_view(resolved))
         return
+    require_fit(plan.fit, force)
     for w in plan.warnings:
         from primerl_modal.ui.console import warn
 
@@ -197,6 +229,22 @@ def run(
 
     require_outputs(plan.backend, plan.outputs_root)
     launch.launch_plan(plan, detach=detach, json_out=json_out)
+
+
+def require_fit(fit: Fit, force: bool) -> None:
+    """Refuse a launch whose model's weights alone cannot fit the GPUs, unless ``force``;
+    warn of any other doubt (the estimate is an estimate, docs/fit.md).
+
+    Raises PlanError (the fit's refusal, with GPUs that would fit) without ``force``.
+    """
+    from primerl_modal.ui.console import warn
+
+    refusal = fit.refusal()
+    if refusal and not force:
+        raise refusal
+    warning = f"--force: launching anyway: {refusal.message}" if refusal else fit.warning()
+    if warning:
+        warn(f"memory: {warning}")
 
 
 def require_pass_env(names: tuple[str, ...]) -> None:

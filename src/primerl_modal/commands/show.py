@@ -27,6 +27,7 @@ def show(
     """
     from primerl_modal.backends import get_backend
     from primerl_modal.backends.base import apply_status, parse_status
+    from primerl_modal.errors import PrmError
     from primerl_modal.run_index import open_index
     from primerl_modal.ui import console
     from primerl_modal.ui.runs import cost_usd
@@ -34,9 +35,16 @@ def show(
     index = open_index()
     record = index.find(run)
     backend = get_backend(record.backend, index)
-    (record,) = backend.refresh([record])
-    plan, problem = _plan(backend.read_meta(record, "plan.json"))
-    status = parse_status(backend.read_meta(record, "status.json"))
+    problems: list[str] = []
+    try:
+        (record,) = backend.refresh([record])
+        plan, problem = _plan(backend.read_meta(record, "plan.json"))
+        status = parse_status(backend.read_meta(record, "status.json"))
+    except PrmError as e:  # offline, or Modal out of reach: what the index knows, said so
+        plan, problem, status = None, f"the run's own files could not be read: {e.one_line()}", \
+            None
+    if problem:
+        problems.append(problem)
     if status and status.get("status") not in (None, record.status):
         # the run's own file is the truth: an index left behind by a race is corrected
         apply_status(record, status)
@@ -45,7 +53,7 @@ def show(
     wandb = (plan or {}).get("wandb") or {}
     details: dict[str, Any] = {
         "run": asdict(record),
-        "problems": [problem] if problem else [],
+        "problems": problems,
         "cost": {"so_far_usd": cost_usd(record, now),
                  "max_usd": ((plan or {}).get("cost") or {}).get("max_usd")},
         "paths": {"outputs": record.outputs, "run_dir": record.run_dir,
@@ -55,6 +63,10 @@ def show(
         "status": status,
         "next": _next_steps(record.run_id, record.status),
     }
+    if record.backend == "modal":  # what Modal billed, when a token is there: a note at worst
+        from primerl_modal.prices import billed_figure
+
+        details["cost"] |= billed_figure(record.run_id, record.sweep_id, record.created_at)
     if json_out:
         for item in (details.get("plan") or {}).get("inputs", []):
             item.pop("text", None)
@@ -150,7 +162,7 @@ def _render(d: dict[str, Any]) -> None:
     from primerl_modal.core.plan import plan_from_json
     from primerl_modal.ui import console
     from primerl_modal.ui.plan_view import render
-    from primerl_modal.ui.runs import STATUS_STYLE
+    from primerl_modal.ui.runs import STATUS_STYLE, size_text
 
     out = console.out()
     r = d["run"]
@@ -169,6 +181,9 @@ def _render(d: dict[str, Any]) -> None:
                   f"   {metric} {progress.get('value', '-')}"
                   f"   latest checkpoint {progress.get('ckpt_step') or 'none'}", highlight=False,
                   markup=False)
+    size = progress.get("size_bytes", r.get("size_bytes"))
+    if size is not None:
+        out.print(f"size      {size_text(size)} in its run directory (last measured)")
     for line in _gpu_lines(status.get("gpus") or {}):
         out.print(line, highlight=False, markup=False)
     stall = status.get("stall") or {}
@@ -209,6 +224,11 @@ def _render(d: dict[str, Any]) -> None:
     else:
         out.print(f"cost      ${cost['so_far_usd']:,.2f} so far"
                   + (f", at most ${cost['max_usd']:,.2f}" if cost.get("max_usd") else ""))
+        from primerl_modal.prices import billed_text
+
+        billed = billed_text(cost)
+        if billed:
+            out.print(f"billed    {billed}", highlight=False, markup=False)
     p = d["paths"]
     out.print(f"outputs   {p['outputs']}\nrun dir   {p['run_dir']}\nprm files {p['meta_dir']}",
               highlight=False, markup=False)

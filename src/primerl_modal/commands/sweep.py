@@ -29,13 +29,13 @@ app = typer.Typer(
     as a whole.
 
     \b
-      prm sweep FILE [--dry-run] [--fail-fast] [--max-trials N --yes]
+      prm sweep FILE [--dry-run] [--fail-fast] [--max-usd X] [--max-trials N --yes]
       prm sweep PROFILE --grid KEY=V1,V2 [--grid KEY=...]
       prm sweep --resume SWEEP-ID         relaunch its FAILED/STOPPED/LOST trials
       prm sweep ls | prm sweep show SWEEP-ID
 
     Launch options (--grid, --set, --backend, --dry-run, --max-trials, --yes,
-    --max-parallel, --fail-fast, --json): `prm sweep FILE --help`.
+    --max-parallel, --max-usd, --fail-fast, --json): `prm sweep FILE --help`.
 
     Examples:
 
@@ -78,6 +78,13 @@ def start(
     fail_fast: Annotated[
         bool, typer.Option("--fail-fast", help="Stop the sweep when a trial fails.")
     ] = False,
+    max_usd: Annotated[
+        float | None,
+        typer.Option("--max-usd", metavar="USD",
+                     help="Budget (default: the sweep file's max_usd): no trial starts whose "
+                          "worst case could cross it, and running trials stop when the total "
+                          "cost so far reaches it."),
+    ] = None,
     resume: Annotated[
         str | None,
         typer.Option("--resume", metavar="SWEEP", autocompletion=complete.sweep_ids,
@@ -91,6 +98,7 @@ def start(
 
     \b
       prm sweep examples/lr-sweep.toml --dry-run
+      prm sweep examples/lr-sweep.toml --max-usd 200
     """
     from primerl_modal.commands.run import cli_settings, require_outputs
     from primerl_modal.core.profile import Setting
@@ -99,9 +107,11 @@ def start(
     from primerl_modal.ui import console
 
     if resume:
-        if target or grid or sets or dry_run or backend or max_parallel is not None:
+        if target or grid or sets or dry_run or backend or max_parallel is not None \
+                or max_usd is not None:
             raise UsageError("--resume SWEEP takes no sweep file, --grid, --set, --backend, "
-                             "--max-parallel or --dry-run", "the sweep's own trials are reused")
+                             "--max-parallel, --max-usd or --dry-run",
+                             "the sweep's own trials and budget are reused")
         _resume(resume, json_out)
         return
     if not target:
@@ -114,17 +124,12 @@ def start(
     if backend:
         settings.append(Setting("backend.kind", backend, "--backend"))
     spec = read_spec(target, grid or [])
-    if max_parallel is not None:
-        if max_parallel < 1:
-            raise UsageError("--max-parallel must be at least 1")
-        from dataclasses import replace
-
-        spec = replace(spec, max_parallel=max_parallel)
+    spec = _with_limits(spec, max_parallel, max_usd)
     count = spec.count()  # before planning: a huge grid is refused at once
     if count > max_trials and not yes and not dry_run:
         raise UsageError(f"the sweep has {_trials(count)}, more than --max-trials {max_trials}",
                          "check it with --dry-run, then add --yes (or raise --max-trials)")
-    plan = plan_sweep(spec, settings)
+    plan = plan_sweep(spec, settings, prices="try" if dry_run else "launch")
     if dry_run:
         if json_out:
             console.print_json(plan.to_json())
@@ -147,9 +152,28 @@ def start(
                   else "by a detached controller process: closing this shell does not stop it")
         console.err().print(
             f"[bold]launched sweep[/] {sid}: {_trials(count)} on {record.backend}, at most "
-            f"{record.max_parallel} at once, held {holder}\n  progress: prm sweep show {sid}"
+            f"{record.max_parallel} at once"
+            + (f" within ${spec.max_usd:,.2f}" if spec.max_usd is not None else "")
+            + f", held {holder}\n  progress: prm sweep show {sid}"
             f"    runs: prm ls --sweep {sid}    stop: prm stop --sweep {sid}")
         console.out().print(sid)
+
+
+def _with_limits(spec: Any, max_parallel: int | None, max_usd: float | None) -> Any:
+    """The sweep file's max_parallel and max_usd, or the command line's instead."""
+    from dataclasses import replace
+
+    from primerl_modal.errors import UsageError
+
+    if max_parallel is not None:
+        if max_parallel < 1:
+            raise UsageError("--max-parallel must be at least 1")
+        spec = replace(spec, max_parallel=max_parallel)
+    if max_usd is not None:
+        if max_usd <= 0:
+            raise UsageError("--max-usd must be more than 0", "leave it out for no budget")
+        spec = replace(spec, max_usd=max_usd)
+    return spec
 
 
 TABLE_ROWS = 50  # a dry run's table shows the first and last trials past this; --json all
@@ -189,6 +213,20 @@ def _trial_table(plan: Any) -> None:
         f"total: {_trials(len(trials))}, ${plan.total_per_hour():,.2f}/h if all ran at once; at "
         f"most ${plan.total_max():,.2f} if every attempt of every trial hit its timeout"
         if billed else f"total: {_trials(len(trials))} on this machine's GPUs; nothing billed")
+    if plan.spec.max_usd is not None:
+        console.out().print(budget_text(plan.spec.max_usd, plan.total_max(), billed))
+
+
+def budget_text(max_usd: float, worst_usd: float, billed: bool) -> str:
+    """The sweep's budget beside its worst case, and what the controller does with it."""
+    if not billed:
+        return f"budget: ${max_usd:,.2f}, moot: nothing is billed for this machine's GPUs"
+    if worst_usd <= max_usd:
+        return (f"budget: ${max_usd:,.2f}, above the worst case of ${worst_usd:,.2f}: "
+                "every trial can start")
+    return (f"budget: ${max_usd:,.2f}, below the worst case of ${worst_usd:,.2f}: a trial starts "
+            "only while its worst case fits beside what the started ones could cost, and "
+            "running trials stop if the total cost so far reaches it")
 
 
 def value_text(value: Any) -> str:
@@ -293,6 +331,12 @@ def show(
 
         total = sum(cost_usd(t, time.time()) for t in trials)
         console.err().print(f"total cost so far: ${total:,.2f}")
+        if sweep.backend == "modal":  # what Modal billed the sweep's app, when a token is there
+            from primerl_modal.prices import billed_figure, billed_text
+
+            billed = billed_text(billed_figure(None, sweep.sweep_id, sweep.created_at))
+            if billed:
+                console.err().print(f"billed: {billed}", highlight=False)
 
 
 def swept_values(sweep_json: bytes | None) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from primerl_modal.core.gpu_plan import GpuPlan
+from primerl_modal.core.retention import Retention
 from primerl_modal.errors import PlanError
 
 LAUNCHER = ("uv", "run", "rl")  # a user's own checkout (local backend): uv keeps it synced
@@ -29,6 +30,8 @@ _MANAGED = {
         "monitors.wandb.name": "experiment.name (the run id)",
         "monitors.wandb.project": "wandb.project",
         "ckpt.interval": "prime_rl.ckpt_interval",
+        "ckpt.keep_last": "prime_rl.ckpt_keep_last",
+        "ckpt.keep_interval": "prime_rl.ckpt_keep_every",
         "clean": "prm never wipes a run directory: delete it yourself if you must",
         "resume": "prm run --resume RUN continues a run",
     },
@@ -43,6 +46,7 @@ _MANAGED = {
         "trainer.wandb.id": "experiment.name (W&B run ids derive from the run id)",
         "orchestrator.wandb.id": "experiment.name (W&B run ids derive from the run id)",
         "ckpt.interval": "prime_rl.ckpt_interval",
+        "ckpt.keep": "prime_rl.ckpt_keep_last",
         "ckpt.resume_step": "prm run --resume RUN continues a run",
         "clean": "prm never wipes a run directory: delete it yourself if you must",
         "resume": "prm run --resume RUN continues a run",
@@ -120,9 +124,10 @@ def override_args(overrides: Mapping[str, Any], dialect: str) -> list[str]:
 def current_argv(
     config: str, gpus: GpuPlan, output_dir: str, run_id: str, wandb: Wandb,
     ckpt_interval: int | None, overrides: Mapping[str, Any],
-    launcher: tuple[str, ...] = LAUNCHER,
+    launcher: tuple[str, ...] = LAUNCHER, retention: Retention | None = None,
 ) -> list[str]:
-    """`rl` argv for dialect ``current``: one rl.toml, [deployment], inference.vllm.*."""
+    """`rl` argv for dialect ``current``: one rl.toml, [deployment], inference.vllm.*, and
+    the shared [ckpt] interval and retention (keep_last, keep_interval)."""
     argv = [*launcher, "@", config]
     argv += ["--deployment.num-train-gpus", str(gpus.trainer)]
     argv += ["--deployment.num-infer-gpus", str(gpus.inference)]
@@ -132,15 +137,20 @@ def current_argv(
     argv += _monitors_wandb_args(wandb)
     if ckpt_interval:
         argv += ["--ckpt.interval", str(ckpt_interval)]
+    if ckpt_interval and retention:
+        argv += ["--ckpt.keep-last", str(retention.keep_last)]
+        if retention.keep_every:
+            argv += ["--ckpt.keep-interval", str(retention.keep_every)]
     return argv + override_args(overrides, "current")
 
 
 def legacy_argv(
     configs: tuple[str, str, str], gpus: GpuPlan, run_id: str, run_dir: str, wandb: Wandb,
     ckpt_interval: int | None, overrides: Mapping[str, Any],
-    launcher: tuple[str, ...] = LAUNCHER,
+    launcher: tuple[str, ...] = LAUNCHER, retention: Retention | None = None,
 ) -> list[str]:
-    """`rl` argv for dialect ``2025-10``: three files, GPU id lists, inference.parallel.*.
+    """`rl` argv for dialect ``2025-10``: three files, GPU id lists, inference.parallel.*,
+    the shared [ckpt] interval and its `keep` (that launcher has no keep interval).
 
     That launcher's shared [wandb] has only project, name and offline (entity and group
     travel as WANDB_ENTITY / WANDB_RUN_GROUP, see ``legacy_wandb_env``); trainer and
@@ -165,6 +175,8 @@ def legacy_argv(
     argv += ["--orchestrator.wandb.id", wandb_run_id(run_id, "orchestrator")]
     if ckpt_interval:
         argv += ["--ckpt.interval", str(ckpt_interval)]
+    if ckpt_interval and retention:
+        argv += ["--ckpt.keep", str(retention.keep_last)]
     return argv + override_args(overrides, "2025-10")
 
 

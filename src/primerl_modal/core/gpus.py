@@ -47,7 +47,8 @@ USD_PER_GIB_HOUR = 0.007992
 # reservation is still allowed and billed, the reservation only guarantees it.
 CPU_CORES_PER_GPU = 4.0
 MEMORY_GIB_PER_GPU = 16
-_RESOURCE_PRICES = {"CPU": "usd_per_core_hour", "MEMORY": "usd_per_gib_hour"}
+_RESOURCE_PRICES = {"CPU": "CPU", "MEMORY": "memory"}  # their names, in any case
+BUILT_IN, PRICES_TOML = "built-in", "prices.toml"  # where a price came from
 
 
 def default_resources(gpu_count: int) -> tuple[float, int]:
@@ -60,6 +61,8 @@ class Catalogue:
     types: tuple[GpuType, ...]
     usd_per_core_hour: float = USD_PER_CORE_HOUR
     usd_per_gib_hour: float = USD_PER_GIB_HOUR
+    # where each price came from, by GPU name, "CPU" and "memory"; absent: the built-in table
+    sources: Mapping[str, str] = field(default_factory=dict)
     _by_name: dict[str, GpuType] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -88,28 +91,37 @@ class Catalogue:
     def _spelled(self, upper: str) -> str:
         return next(t.name for t in self.types if t.name.upper() == upper)
 
+    def source_of(self, *prices: str) -> str:
+        """Where the named prices (GPU names, ``CPU``, ``memory``) came from, each source once:
+        ``modal rates 2026-11-30``, ``built-in``, or a mix such as
+        ``prices.toml + modal rates 2026-11-30``."""
+        seen = dict.fromkeys(self.sources.get(p, BUILT_IN) for p in prices)
+        return " + ".join(seen) or BUILT_IN
 
-def catalogue(price_overrides: Mapping[str, float] | None = None) -> Catalogue:
-    """The built-in catalogue with prices replaced from ``price_overrides``: GPU name -> USD
-    per GPU-hour, ``CPU`` -> USD per core-hour, ``memory`` -> USD per GiB-hour.
 
-    Raises PrmError for an unknown GPU name or a price that is not a positive number.
+def catalogue(price_overrides: Mapping[str, float] | None = None, *,
+              rates: Mapping[str, float] | None = None, rates_source: str = "") -> Catalogue:
+    """The built-in catalogue, its prices replaced first from ``rates`` (Modal's, labelled
+    ``rates_source``), then from ``price_overrides`` (prices.toml, which wins: it is what the
+    user wrote down). Both map a GPU name to USD per GPU-hour, ``CPU`` to USD per core-hour
+    and ``memory`` to USD per GiB-hour.
+
+    Raises PrmError for an unknown GPU name or a price that is not a non-negative number.
     """
     base = Catalogue(_BUILTIN)
-    if not price_overrides:
-        return base
+    layers = [(rates or {}, rates_source), (price_overrides or {}, PRICES_TOML)]
     prices: dict[str, float] = {}
-    rates: dict[str, float] = {}
-    for name, price in price_overrides.items():
-        if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
-            raise PrmError(
-                f"prices.toml: price for {name} must be a non-negative number, got {price!r}"
-            )
-        field_name = _RESOURCE_PRICES.get(name.strip().upper())
-        if field_name:
-            rates[field_name] = float(price)
-        else:
-            prices[base.get(name).name] = float(price)
+    sources: dict[str, str] = {}
+    for layer, label in layers:
+        for name, price in layer.items():
+            if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
+                raise PrmError(f"{label}: price for {name} must be a non-negative number, "
+                               f"got {price!r}")
+            key = _RESOURCE_PRICES.get(name.strip().upper()) or base.get(name).name
+            prices[key], sources[key] = float(price), label
+    if not prices:
+        return base
     types = tuple(replace(t, usd_per_hour=prices.get(t.name, t.usd_per_hour))
                   for t in base.types)
-    return Catalogue(types, **rates)
+    return Catalogue(types, prices.get("CPU", USD_PER_CORE_HOUR),
+                     prices.get("memory", USD_PER_GIB_HOUR), sources)

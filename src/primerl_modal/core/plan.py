@@ -13,11 +13,18 @@ from typing import Any
 from primerl_modal.core import cmdline
 from primerl_modal.core.cost import Cost, cost_from_json, estimate
 from primerl_modal.core.durations import parse_duration
+from primerl_modal.core.fit import Fit, fit_from_json, plan_fit
 from primerl_modal.core.gpu_plan import GpuPlan, plan_gpus
 from primerl_modal.core.gpus import Catalogue, default_resources
 from primerl_modal.core.guard import Guard, guard_from, guard_from_json
 from primerl_modal.core.image_spec import image_spec
 from primerl_modal.core.profile import ResolvedProfile, is_local_path, not_utf8
+from primerl_modal.core.retention import (
+    Retention,
+    max_steps_in,
+    retention_from,
+    retention_from_json,
+)
 from primerl_modal.core.run_id import make_run_id
 from primerl_modal.core.schema import DIALECTS, UV_VERSION
 from primerl_modal.errors import PlanError
@@ -114,6 +121,10 @@ class Plan:
     pass_env: tuple[str, ...] = ()  # local variables sent as a per-run secret (names only)
     sweep_id: str | None = None
     guard: Guard = field(default_factory=Guard)
+    fit: Fit = field(default_factory=Fit)  # will the model fit the GPUs (an estimate)
+    # prime-rl's own `rl --dry-run` before the GPUs start (`prm run`; --no-preflight: off)
+    preflight: bool = False
+    retention: Retention | None = None  # which checkpoints prime-rl keeps (None: none written)
     warnings: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
 
@@ -125,6 +136,12 @@ class Plan:
     @property
     def meta_dir(self) -> str:
         return f"{self.outputs_root}/{META_DIR}/{self.run_id}"
+
+    @property
+    def params_b(self) -> float | None:
+        """The model's parameters (billions), when the fit estimate knows them."""
+        spec = self.fit.model.spec
+        return spec.params_b if spec else None
 
     def to_json(self, with_input_texts: bool = False) -> dict[str, Any]:
         """The plan as JSON; ``with_input_texts`` adds uploaded files' contents (for the
@@ -174,6 +191,9 @@ class Plan:
             "pass_env": list(self.pass_env),
             "sweep_id": self.sweep_id,
             "guard": self.guard.to_json(),
+            "fit": self.fit.to_json(),
+            "preflight": self.preflight,
+            "retention": self.retention.to_json(self.params_b) if self.retention else None,
             "warnings": list(self.warnings),
             "sources": dict(self.sources),
         }
@@ -277,16 +297,19 @@ def build_plan(
     wandb = cmdline.Wandb(g("wandb.project"), run_id, g("wandb.entity"), g("wandb.group"))
     overrides = tables.get("overrides") or {}
     ckpt_interval = g("prime_rl.ckpt_interval")
+    retention, kept = retention_from(g, dialect, max_steps_in(overrides))
+    warnings += kept
     if dialect == "current":
         argv = cmdline.current_argv(
             configs["config"], gpus, layout.outputs_root, run_id, wandb,
-            ckpt_interval, overrides, layout.launcher,
+            ckpt_interval, overrides, layout.launcher, retention,
         )
     else:
         three = (configs["trainer_config"], configs["orchestrator_config"],
                  configs["inference_config"])
         argv = cmdline.legacy_argv(three, gpus, run_id, f"{layout.outputs_root}/{run_id}",
-                                   wandb, ckpt_interval, overrides, layout.launcher)
+                                   wandb, ckpt_interval, overrides, layout.launcher,
+                                   retention)
         if not ckpt_interval and retries:
             warnings.append(
                 "prime_rl.ckpt_interval is not set: a retry resumes with --ckpt.resume-step, "
@@ -316,7 +339,7 @@ def build_plan(
         retries=retries,
         # nothing is billed for this machine's GPUs (the view says what Modal would charge)
         cost=(estimate(gpus, timeout_s, retries, catalogue, cpu, memory_mb) if on_modal
-              else Cost(0.0, 0.0)),
+              else Cost(0.0, 0.0, source=catalogue.source_of(gpus.type))),
         repo=g("prime_rl.repo"),
         ref=ref,
         base_image=g("modal.base_image"),
@@ -333,6 +356,9 @@ def build_plan(
         pass_env=tuple(dict.fromkeys(pass_env)),
         sweep_id=sweep_id,
         guard=guard_from(g),
+        fit=plan_fit(overrides, profile.sources,
+                     [(i.role, i.source, i.text) for i in inputs], configs, gpus, catalogue),
+        retention=retention,
         warnings=tuple(warnings),
         sources=dict(profile.sources),
     )
@@ -464,5 +490,8 @@ def plan_from_json(data: Mapping[str, Any]) -> Plan:
         region=data["region"], cpu=data["cpu"], memory_mb=data["memory_mb"],
         ckpt_interval=data["ckpt_interval"], pass_env=tuple(data.get("pass_env", ())),
         sweep_id=data.get("sweep_id"), guard=guard_from_json(data.get("guard")),
+        fit=fit_from_json(data.get("fit")),  # older plans: unknown
+        preflight=bool(data.get("preflight", False)),  # older plans: none ran
+        retention=retention_from_json(data.get("retention")),
         warnings=tuple(data["warnings"]), sources=data["sources"],
     )

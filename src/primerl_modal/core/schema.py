@@ -58,6 +58,12 @@ KEYS: tuple[Key, ...] = (
         "Exact uv the built image installs; the ref's required-version must accept it."),
     Key("prime_rl", "ckpt_interval", "int", None,
         "Checkpoint every N steps (--ckpt.interval); needed to resume after preemption."),
+    Key("prime_rl", "ckpt_keep_last", "int", 3,
+        "With ckpt_interval: keep only the newest N checkpoints on the volume (at least 2: "
+        "the newest may be incomplete when a run is cut)."),
+    Key("prime_rl", "ckpt_keep_every", "int", None,
+        "With ckpt_interval: also keep every checkpoint at a multiple of N steps, for good "
+        "(current dialect)."),
     Key("gpu", "type", "str", "H100", "GPU type: A100-40GB, A100-80GB, H100, H200, B200, ..."),
     Key("gpu", "count", "int", 2, "GPUs on the node (2..8): trainer + inference."),
     Key("gpu", "trainer_ratio", "float", 0.5, "Share of the GPUs for the trainer, in (0, 1)."),

@@ -20,7 +20,7 @@ METHODS = ("grid", "random", "list")
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
 GOALS = ("max", "min")
 _TOP_KEYS = {"name", "profile", "method", "max_parallel", "metric", "goal", "samples", "seed",
-             "parameters", "trials"}
+             "parameters", "trials", "max_usd"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class SweepSpec:
     max_parallel: int = 4
     metric: str = "reward/mean"
     goal: str = "max"
+    max_usd: float | None = None  # the budget: no trial starts that could cross it
 
     def _grid(self) -> list[tuple[Any, ...]]:
         return [v for v in self.parameters.values() if isinstance(v, tuple)]
@@ -133,11 +134,17 @@ def parse_sweep(data: Mapping[str, Any], where: str, default_name: str) -> Sweep
     goal = data.get("goal", "max")
     if goal not in GOALS:
         raise ProfileError(f"{where}: goal {goal!r}", "use max or min")
+    max_usd = data.get("max_usd")
+    if max_usd is not None and (isinstance(max_usd, bool) or not isinstance(max_usd, int | float)
+                                or max_usd <= 0):
+        raise ProfileError(f"{where}: max_usd must be a number of dollars above 0",
+                           "e.g. max_usd = 200, or leave it out for no budget")
     return SweepSpec(
         name=str(data.get("name") or default_name), profile=profile, method=method,
         parameters=params, trials=tuple(trials), samples=samples,
         seed=int(data.get("seed", 0)), max_parallel=max_parallel,
         metric=str(data.get("metric", "reward/mean")), goal=goal,
+        max_usd=None if max_usd is None else float(max_usd),
     )
 
 

@@ -1,12 +1,19 @@
-"""A small progress summary read incrementally from metrics.jsonl and checkpoints/."""
+"""A small progress summary read incrementally from metrics.jsonl and checkpoints/, with
+the size of the run directory measured now and then."""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 from primerl_modal.runner.checkpoints import latest_complete
+
+# A walk of the run directory (on Modal, of a volume mount): cheap, but not every poll. A new
+# complete checkpoint, the bulk of the size, is measured at once.
+SIZE_EVERY_S = 180.0
 
 
 def max_steps_from_argv(argv: list[str]) -> int | None:
@@ -28,15 +35,25 @@ class Progress:
         self.rows = 0  # step rows read so far: a new one is a training step made
         self._offset = 0
         self._carry = b""
+        self._sized_at: float | None = None
 
     def poll(self) -> bool:
         """Read what was appended since the last poll; True when the summary changed."""
         before = dict(self.summary)
         self._read_metrics()
         self.summary["ckpt_step"] = latest_complete(self.run_dir)
+        if (self._sized_at is None or time.monotonic() - self._sized_at >= SIZE_EVERY_S
+                or self.summary["ckpt_step"] != before.get("ckpt_step")):
+            self.measure()
         if self.summary.get("max_steps") is None:
             self.summary["max_steps"] = self._max_steps_from_configs()
         return self.summary != before
+
+    def measure(self) -> None:
+        """The run directory's size now (at the end of an attempt: what stays on the
+        outputs, after prime-rl deleted the checkpoints it does not keep)."""
+        self._sized_at = time.monotonic()
+        self.summary["size_bytes"] = tree_size(self.run_dir)
 
     def _read_metrics(self) -> None:
         path = self.run_dir / "metrics.jsonl"
@@ -75,3 +92,24 @@ class Progress:
                 if isinstance(table, dict) and isinstance(table.get("max_steps"), int):
                     return int(table["max_steps"])
         return None
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of the files under ``root`` (symlinks not followed). Files that vanish during
+    the walk (prime-rl deleting an old checkpoint) are skipped, not an error."""
+    total, pending = 0, [root]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as listing:
+                entries = list(listing)
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+    return total

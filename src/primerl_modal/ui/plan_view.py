@@ -15,6 +15,7 @@ from primerl_modal.core.gpus import default_resources
 from primerl_modal.core.image_spec import image_spec
 from primerl_modal.core.plan import Plan
 from primerl_modal.core.profile import ResolvedProfile
+from primerl_modal.core.retention import gb_each
 
 _TRAINER = "bold white on magenta"
 _INFERENCE = "bold black on cyan"
@@ -72,14 +73,27 @@ def resources_text(cpu: float, memory_mb: int, gpu_count: int) -> str:
 
 def cost_text(plan: Plan) -> str:
     c, g = plan.cost, plan.gpu
+    # which prices: Modal's of a date, built-in, prices.toml (a plan written before: unknown)
+    prices = f"\nprices: {c.source}" if c.source else ""
     if plan.backend != "modal":
         return (f"nothing billed: this machine's GPUs (on Modal, {g.count} x {g.type} alone "
-                f"would cost ${g.count * g.usd_per_gpu_hour:,.2f}/h)")
+                f"would cost ${g.count * g.usd_per_gpu_hour:,.2f}/h){prices}")
     parts = f"GPUs {g.count} x ${g.usd_per_gpu_hour:.2f}"
     if c.cpu_per_hour_usd or c.memory_per_hour_usd:
         parts += f" + CPU ${c.cpu_per_hour_usd:.2f} + memory ${c.memory_per_hour_usd:.2f}"
     return (f"${c.per_hour_usd:,.2f}/h ({parts}); "
-            f"at most ${c.max_usd:,.2f} if every attempt hits its timeout")
+            f"at most ${c.max_usd:,.2f} if every attempt hits its timeout{prices}")
+
+
+def preflight_text(plan: Plan) -> str:
+    if not plan.preflight:
+        why = ("prime-rl of the 2025-10 layout has no --dry-run" if plan.dialect != "current"
+               else "a config error is found only once the GPUs run")
+        return f"none: {why}"
+    where = ("on a CPU container in the run's image" if plan.backend == "modal"
+             else "in the checkout")
+    return (f"prime-rl's rl --dry-run {where} before the GPUs start; a refusal launches "
+            "nothing (--no-preflight skips it)")
 
 
 def limits_text(plan: Plan) -> str:
@@ -91,6 +105,24 @@ def limits_text(plan: Plan) -> str:
                "1 retry (it resumes from the latest checkpoint)" if n == 1 else
                f"{n} retries (each resumes from the latest checkpoint)")
     return f"timeout {format_duration(plan.timeout_s)} per attempt, {retries}"
+
+
+def checkpoints_text(plan: Plan) -> str:
+    """How often prime-rl checkpoints, which checkpoints it keeps, and the volume space they
+    hold (12-16 bytes a parameter each: weights and optimizer state)."""
+    r = plan.retention
+    if r is None:
+        return "none written (set prime_rl.ckpt_interval so that a retry or resume continues)"
+    text = f"every {plan.ckpt_interval} steps, keeping the newest {r.keep_last}"
+    if r.keep_every:
+        text += f" and every multiple of {r.keep_every} steps for good"
+    each, total = gb_each(plan.params_b), r.gb(plan.params_b)
+    if each is None:
+        return text + "; space unknown (model size unknown)"
+    about = f"{each[0]:,.1f}-{each[1]:,.1f} GB each ({plan.params_b:g}B params)"
+    if total is None:
+        return text + f"; {about}, growing with the steps kept for good"
+    return text + f": up to {total[0]:,.1f}-{total[1]:,.1f} GB on the outputs, {about}"
 
 
 def render(plan: Plan, title: str = "prm plan (dry run: nothing launched)") -> RenderableType:
@@ -125,10 +157,13 @@ def render(plan: Plan, title: str = "prm plan (dry run: nothing launched)") -> R
     if plan.env:
         grid.add_row("env", "\n".join(f"{k}={v}" for k, v in plan.env.items()))
     grid.add_row("W&B", f"{plan.wandb.project} / {plan.wandb.name}")
+    grid.add_row("preflight", preflight_text(plan))
     grid.add_row("limits", limits_text(plan))
+    grid.add_row("checkpoints", checkpoints_text(plan))
     grid.add_row("cost", cost_text(plan))
+    grid.add_row("memory", plan.fit.summary())  # an estimate (docs/fit.md)
     parts: list[RenderableType] = [grid]
-    for w in plan.warnings:
+    for w in (*plan.warnings, *filter(None, [plan.fit.warning()])):
         parts.append(Text(f"warning: {w}", style="yellow"))
     return Panel(Group(*parts), title=title, title_align="left")
 

@@ -33,6 +33,18 @@ def cost_usd(r: RunRecord, now: float) -> float:
     return round(seconds * r.gpu_count * r.usd_per_gpu_hour / 3600, 2)
 
 
+def size_text(size_bytes: int | None) -> str:
+    """A size on the outputs as storage is billed (decimal units), or "-" when not known."""
+    if size_bytes is None:
+        return "-"
+    value = float(size_bytes)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:,.1f} TB"
+
+
 def _step(value: list[int | None]) -> str:
     step, total = value
     if step is None:
@@ -57,6 +69,7 @@ def run_columns(now: float | None = None) -> list[Column[RunRecord]]:
         Column("duration_s", "duration", lambda r: duration_s(r, t),
                lambda v: "-" if v is None else format_duration(v), "right"),
         Column("cost_usd", "cost", lambda r: cost_usd(r, t), lambda v: f"${v:,.2f}", "right"),
+        Column("size_bytes", "size", lambda r: r.size_bytes, size_text, "right"),
         Column("gpu_util", "gpu%", lambda r: None if st.is_final(r.status) else r.gpu_util,
                lambda v: "-" if v is None else f"{v:.0f}%", "right"),
         Column("backend", "on", lambda r: r.backend),
