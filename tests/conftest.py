@@ -157,3 +157,28 @@ def finished(fake: Any, run_id: str) -> Any:
 
     (rec,) = ModalBackend(open_index()).refresh([rec])
     return rec
+
+
+def follow_to_the_end(run_id: str, err_path: Path, now: Any) -> tuple[str, Any]:
+    """`prm logs RUN -f --tail 0` in a process of its own: every line it prints, and what
+    ``now()`` said right after its first line came (while the run still ran). A follow that
+    never ends is killed after two minutes, failing the test instead of hanging it."""
+    import subprocess
+    import threading
+
+    with err_path.open("w+") as err, subprocess.Popen(
+            [sys.executable, "-m", "primerl_modal", "logs", run_id, "-f", "--tail", "0"],
+            stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the stored lines were read: the rest is the live part
+        then = now()
+        watchdog = threading.Timer(120, proc.kill)
+        watchdog.start()
+        try:
+            rest = proc.stdout.read()
+        finally:
+            watchdog.cancel()
+        code = proc.wait(timeout=60)
+        err.seek(0)
+        assert code == 0, err.read()
+    return first + rest, then

@@ -7,10 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
-from conftest import finished, launched, wait_for
+from conftest import finished, follow_to_the_end, launched, wait_for
 
 from primerl_modal.backends.volume_reads import open_reader
 from primerl_modal.run_index import RunRecord, open_index
@@ -261,23 +260,10 @@ def test_logs_follow_started_after_lines_were_stored_prints_each_line_once(prm, 
     wait_for(lambda: log.exists() and "step 4 " in log.read_text(), timeout=60,
              what="trainer lines stored on the volume")
     stored_then = len(log.read_text().splitlines())
-    with (tmp_path / "follow.err").open("w+") as err, subprocess.Popen(
-            [*PRM, "logs", run_id, "-f", "--tail", "0"], stdout=subprocess.PIPE, stderr=err,
-            text=True) as proc:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()  # the stored lines were read: the rest is the live part
-        running_then = call["status"]
-        watchdog = threading.Timer(120, proc.kill)  # a follow that never ends fails the test
-        watchdog.start()
-        try:
-            rest = proc.stdout.read()
-        finally:
-            watchdog.cancel()
-        code = proc.wait(timeout=60)
-        err.seek(0)
-        assert code == 0, err.read()
+    followed_text, running_then = follow_to_the_end(run_id, tmp_path / "follow.err",
+                                                 lambda: call["status"])
     assert running_then == "running"
-    followed = [x for x in (first + rest).splitlines() if not x.startswith("[modal]")]
+    followed = [x for x in followed_text.splitlines() if not x.startswith("[modal]")]
     r = prm("logs", run_id, "--tail", "0")  # the run has ended: every line, from the volume
     assert r.code == 0, r.err
     every = r.out.splitlines()

@@ -5,12 +5,10 @@ exactly once, none lost, across attempts."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
-from conftest import wait_for
+from conftest import follow_to_the_end, wait_for
 
 from primerl_modal.run_index import open_index
 
@@ -32,25 +30,13 @@ def test_logs_follow_started_mid_attempt_2_prints_each_line_once(prm, local_prof
              if (logs / "attempt_2.log").exists() else False,
              timeout=60, what="attempt 2's lines stored")
     stored_then = [len((logs / f"attempt_{n}.log").read_text().splitlines()) for n in (1, 2)]
-    with (tmp_path / "follow.err").open("w+") as err, subprocess.Popen(
-            [*PRM, "logs", run_id, "-f", "--tail", "0"], stdout=subprocess.PIPE, stderr=err,
-            text=True) as proc:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()  # the stored lines were read: the rest is the live part
-        status_then = json.loads((logs.parent / "status.json").read_text())["status"]
-        watchdog = threading.Timer(120, proc.kill)  # a follow that never ends fails the test
-        watchdog.start()
-        try:
-            rest = proc.stdout.read()
-        finally:
-            watchdog.cancel()
-        code = proc.wait(timeout=60)
-        err.seek(0)
-        assert code == 0, err.read()
+    status = logs.parent / "status.json"
+    followed_text, status_then = follow_to_the_end(
+        run_id, tmp_path / "follow.err", lambda: json.loads(status.read_text())["status"])
     assert status_then == "RUNNING"
     every = prm("logs", run_id, "--tail", "0")  # the run has ended: every stored line
     assert every.code == 0, every.err
     lines = every.out.splitlines()
     assert len(lines) > sum(stored_then) and min(stored_then) > 0
     assert any("step 24 " in x for x in lines)
-    assert (first + rest).splitlines() == lines
+    assert followed_text.splitlines() == lines
