@@ -70,6 +70,10 @@ CLAIMS = {
         "outputs_root": str(Path("~/rl-outputs").expanduser())}),
     "reverse-text-local-config.toml": Claim(A100_2, {"--ckpt.interval": "10",
                                                      "--max-steps": "40"}),
+    "qwen3-30b-2node.toml": Claim(("H100", 8, 8, 8, 8, 1), {
+        "--deployment.num-train-nodes": "1", "--deployment.num-infer-nodes": "1",
+        "--deployment.gpus-per-node": "8", "--ckpt.interval": "100"},
+        plan={"timeout_s": 24 * 3600, "retries": 3}),
 }
 SWEEPS = {"lr-sweep.toml"}
 PRIME_RL_CONFIGS = {"reverse-text-rl.toml"}  # uploaded by reverse-text-local-config.toml

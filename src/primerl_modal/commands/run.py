@@ -36,7 +36,7 @@ def cli_settings(
     tp: int | None, name: str | None, ref: str | None, local_code: str | None,
     use_local_code: bool, timeout: str | None, retries: int | None,
     trainer_config: str | None, orchestrator_config: str | None, inference_config: str | None,
-    sets: list[str],
+    sets: list[str], nodes: int | None = None,
 ) -> list[Setting]:
     """CLI flags as settings (above the profile files), then `--set` items (above flags)."""
     from primerl_modal.core.profile import Setting, parse_set
@@ -45,6 +45,7 @@ def cli_settings(
     flags = [
         ("gpu.type", gpu_type, "--gpu-type"), ("gpu.count", gpus, "--gpus"),
         ("gpu.trainer_ratio", trainer_ratio, "--trainer-ratio"), ("gpu.tp", tp, "--tp"),
+        ("gpu.nodes", nodes, "--nodes"),
         ("experiment.name", name, "--name"), ("prime_rl.ref", ref, "--ref"),
         ("prime_rl.local_code", local_code or ("." if use_local_code else None), "--local-code"),
         ("modal.timeout", timeout, "--timeout"), ("modal.retries", retries, "--retries"),
@@ -79,6 +80,11 @@ def run(
         typer.Option("--trainer-ratio", "--trainer-gpu-ratio", help="Trainer share, in (0, 1)."),
     ] = None,
     tp: Annotated[int | None, typer.Option("--tp", help="Inference tensor parallel size.")] = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option("--nodes", help="Nodes of --gpus GPUs each (a Modal cluster; "
+                                     "docs/multi-node.md)."),
+    ] = None,
     name: Annotated[
         str | None,
         typer.Option("--name", "--experiment-name", help="Experiment name (run-id prefix)."),
@@ -170,6 +176,7 @@ def run(
       prm run hendrycks-sanity --gpus 8 --trainer-ratio 0.25 --tp 2 --dry-run
       prm run ./my-exp.toml --gpu H100:8 --set trainer.optim.lr=3e-6 --set max_steps=200
       prm run my-exp --dry-run --explain      # where every value came from
+      prm run qwen3-30b-math --dry-run        # 4 nodes: 2 inference + 2 trainer
       prm run my-exp --backend local --detach # on this machine's GPUs, in the background
       prm run my-exp --no-preflight           # skip prime-rl's dry run before launching
       prm run --resume my-exp-261129          # continue a stopped run from its checkpoint
@@ -187,7 +194,8 @@ def run(
         launch.resume_run(resume, detach=detach, json_out=json_out)
         return
     settings = cli_settings(
-        gpu=gpu, gpus=gpus, gpu_type=gpu_type, trainer_ratio=trainer_ratio, tp=tp, name=name,
+        gpu=gpu, gpus=gpus, gpu_type=gpu_type, trainer_ratio=trainer_ratio, tp=tp, nodes=nodes,
+        name=name,
         ref=ref, local_code=local_code, use_local_code=use_local_code, timeout=timeout,
         retries=retries, trainer_config=trainer_config,
         orchestrator_config=orchestrator_config, inference_config=inference_config,
@@ -220,6 +228,9 @@ def run(
         if explain:
             console.out().print(explain_view(resolved))
         return
+    if plan.gpu.nodes > 1:
+        raise PrmError(f"multi-node launches are not built yet: {plan.gpu.nodes} nodes can "
+                       "only be planned for now", "use --dry-run to see the plan, or --nodes 1")
     require_fit(plan.fit, force)
     for w in plan.warnings:
         from primerl_modal.ui.console import warn

@@ -23,6 +23,11 @@ _MANAGED = {
     "current": {
         "deployment.num_train_gpus": "gpu.trainer",
         "deployment.num_infer_gpus": "gpu.inference",
+        "deployment.type": "gpu.nodes",
+        "deployment.num_train_nodes": "gpu.nodes and gpu.trainer_ratio",
+        "deployment.num_infer_nodes": "gpu.nodes and gpu.trainer_ratio",
+        "deployment.gpus_per_node": "gpu.count",
+        "dry_run": "prm run --dry-run",
         "inference.vllm.tensor_parallel_size": "gpu.tp",
         "inference.vllm.data_parallel_size": "gpu.tp (dp follows)",
         "output_dir": "[modal] outputs_volume",
@@ -134,14 +139,39 @@ def current_argv(
     argv += ["--inference.vllm.tensor-parallel-size", str(gpus.tp)]
     argv += ["--inference.vllm.data-parallel-size", str(gpus.dp)]
     argv += ["--output-dir", output_dir, "--run.name", run_id]
-    argv += _monitors_wandb_args(wandb)
-    if ckpt_interval:
-        argv += ["--ckpt.interval", str(ckpt_interval)]
-    if ckpt_interval and retention:
-        argv += ["--ckpt.keep-last", str(retention.keep_last)]
-        if retention.keep_every:
-            argv += ["--ckpt.keep-interval", str(retention.keep_every)]
+    argv += _monitors_wandb_args(wandb) + _ckpt_args(ckpt_interval, retention)
     return argv + override_args(overrides, "current")
+
+
+def multi_node_argv(
+    config: str, gpus: GpuPlan, output_dir: str, run_id: str, wandb: Wandb,
+    ckpt_interval: int | None, overrides: Mapping[str, Any],
+    launcher: tuple[str, ...] = LAUNCHER, retention: Retention | None = None,
+) -> list[str]:
+    """Rank 0's `rl` argv for a cluster (dialect ``current``): the multi-node deployment
+    and `--dry-run`, with which prime-rl resolves and writes the sub-configs and renders
+    its job script without submitting anything (docs/multi-node.md). No DP flag: each
+    inference node runs gpus_per_node / TP engines, so DP follows the nodes."""
+    argv = [*launcher, "@", config, "--deployment.type", "multi_node"]
+    argv += ["--deployment.num-train-nodes", str(gpus.trainer_nodes)]
+    argv += ["--deployment.num-infer-nodes", str(gpus.inference_nodes)]
+    argv += ["--deployment.gpus-per-node", str(gpus.count)]
+    argv += ["--inference.vllm.tensor-parallel-size", str(gpus.tp)]
+    # the rendered job script (never submitted) is named after the run
+    argv += ["--output-dir", output_dir, "--run.name", run_id, "--slurm.job-name", run_id]
+    argv += _monitors_wandb_args(wandb) + _ckpt_args(ckpt_interval, retention)
+    return argv + override_args(overrides, "current") + ["--dry-run"]
+
+
+def _ckpt_args(ckpt_interval: int | None, retention: Retention | None) -> list[str]:
+    if not ckpt_interval:
+        return []
+    args = ["--ckpt.interval", str(ckpt_interval)]
+    if retention:
+        args += ["--ckpt.keep-last", str(retention.keep_last)]
+        if retention.keep_every:
+            args += ["--ckpt.keep-interval", str(retention.keep_every)]
+    return args
 
 
 def legacy_argv(

@@ -1,9 +1,11 @@
-"""Split one node's GPUs between the prime-rl trainer and vLLM inference."""
+"""Split one node's GPUs between the prime-rl trainer and vLLM inference, or a cluster's
+nodes between them (docs/multi-node.md)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from primerl_modal.core.gpus import Catalogue
 from primerl_modal.errors import PlanError
@@ -21,6 +23,11 @@ class GpuPlan:
     inference_gpu_ids: tuple[int, ...]
     memory_gb: int
     usd_per_gpu_hour: float
+    # A cluster of `nodes` containers of `count` GPUs each (then trainer, inference, dp and
+    # the GPU ids count the whole cluster, inference nodes first); one node shares both roles.
+    nodes: int = 1
+    trainer_nodes: int = 1
+    inference_nodes: int = 1
 
     @property
     def modal_gpu(self) -> str:
@@ -28,6 +35,9 @@ class GpuPlan:
 
     @property
     def short(self) -> str:
+        if self.nodes > 1:
+            return (f"{self.nodes}x{self.type}x{self.count} "
+                    f"{self.trainer_nodes}T/{self.inference_nodes}I nodes")
         return f"{self.type}x{self.count} {self.trainer}T/{self.inference}I"
 
 
@@ -119,3 +129,97 @@ def plan_gpus(
         memory_gb=kind.memory_gb,
         usd_per_gpu_hour=kind.usd_per_hour,
     )
+
+
+# Modal's multi-node guide: a cluster holds at most 32 nodes and 256 GPUs.
+MAX_NODES = 32
+MAX_CLUSTER_GPUS = 256
+# The ports prime-rl's multi-node template uses: router, first vLLM backend (one more per
+# data-parallel rank of a node), torchrun's rendezvous, NCCL weight broadcast.
+ROUTER_PORT = 8000
+BACKEND_PORT = 8100
+RDZV_PORT = 29500
+BROADCAST_PORT = 29501
+
+
+def plan_nodes(
+    catalogue: Catalogue, gpu_type: str, count: int | None, nodes: int, trainer_ratio: float,
+    tp: int, trainer: int | None = None, inference: int | None = None,
+) -> GpuPlan:
+    """The GPU plan of a cluster of ``nodes`` nodes of ``count`` GPUs each: whole nodes
+    for the trainer (round(nodes*ratio), half up, kept in [1, nodes-1]), the rest for
+    inference, whose engines of ``tp`` GPUs each tile every inference node.
+
+    Raises PlanError for explicit GPU counts, a cluster over Modal's limits, a count that
+    does not fit a node, or a TP that does not divide a node's GPUs.
+    """
+    kind = catalogue.get(gpu_type)
+    if trainer is not None or inference is not None:
+        raise PlanError("[gpu] trainer and inference split one node, not a cluster",
+                        "drop them and set [gpu] trainer_ratio: nodes are split whole")
+    if count is None or not 1 <= count <= kind.max_per_container:
+        raise PlanError(f"a node takes 1 to {kind.max_per_container} x {kind.name}, "
+                        f"got {count}", f"use --gpus {kind.max_per_container}")
+    if nodes > MAX_NODES or nodes * count > MAX_CLUSTER_GPUS:
+        raise PlanError(
+            f"{nodes} nodes x {count} GPUs is more than a Modal cluster allows "
+            f"({MAX_NODES} nodes, {MAX_CLUSTER_GPUS} GPUs)",
+            f"use --nodes {min(MAX_NODES, MAX_CLUSTER_GPUS // count)} or fewer")
+    if not 0 < trainer_ratio < 1:
+        raise PlanError(
+            f"trainer ratio must be between 0 and 1 (exclusive), got {trainer_ratio}",
+            "e.g. --trainer-ratio 0.5 gives half of the nodes to the trainer")
+    if tp < 1 or count % tp:
+        valid = ", ".join(str(d) for d in _divisors(count))
+        raise PlanError(f"inference tensor parallel {tp} does not divide a node's {count} GPUs",
+                        f"valid --tp values: {valid}")
+    trainer_nodes, inference_nodes = split(nodes, trainer_ratio)
+    # prime-rl's template: the first nodes run inference, the trainer nodes follow
+    split_at = inference_nodes * count
+    return GpuPlan(
+        type=kind.name, count=count, trainer=trainer_nodes * count,
+        inference=split_at, tp=tp, dp=split_at // tp,
+        trainer_gpu_ids=tuple(range(split_at, nodes * count)),
+        inference_gpu_ids=tuple(range(split_at)),
+        memory_gb=kind.memory_gb, usd_per_gpu_hour=kind.usd_per_hour,
+        nodes=nodes, trainer_nodes=trainer_nodes, inference_nodes=inference_nodes,
+    )
+
+
+def node_roles(g: GpuPlan) -> list[dict[str, Any]]:
+    """One entry per rank of the cluster: its role and the processes it starts, as prime-rl's
+    multi-node template places them (a single node: rank 0 runs prime-rl's `rl`, which
+    starts everything)."""
+    if g.nodes == 1:
+        return [{"rank": 0, "role": "trainer+inference", "node_rank": 0,
+                 "starts": [{"process": "rl"}]}]
+    return ([_inference_role(g, r) for r in range(g.inference_nodes)]
+            + [_trainer_role(g, r) for r in range(g.trainer_nodes)])
+
+
+def _inference_role(g: GpuPlan, node_rank: int) -> dict[str, Any]:
+    per_node = g.count // g.tp
+    starts: list[dict[str, Any]] = []
+    if node_rank == 0:
+        # the router fronts every engine of every inference node; the orchestrator uses it
+        starts.append({"process": "router", "port": ROUTER_PORT,
+                       "backends": [{"rank": r, "port": BACKEND_PORT + k}
+                                    for r in range(g.inference_nodes)
+                                    for k in range(per_node)]})
+    starts += [{"process": "vllm", "dp_rank": node_rank * per_node + k,
+                "gpus": list(range(k * g.tp, (k + 1) * g.tp)), "port": BACKEND_PORT + k}
+               for k in range(per_node)]
+    return {"rank": node_rank, "role": "inference", "node_rank": node_rank, "starts": starts}
+
+
+def _trainer_role(g: GpuPlan, node_rank: int) -> dict[str, Any]:
+    first = g.inference_nodes  # the first trainer node: torchrun's rendezvous (MASTER_ADDR)
+    starts: list[dict[str, Any]] = [{
+        "process": "torchrun", "nnodes": g.trainer_nodes, "node_rank": node_rank,
+        "nproc_per_node": g.count, "rdzv": {"rank": first, "port": RDZV_PORT}}]
+    if node_rank == 0:
+        starts += [{"process": "env_servers"},
+                   {"process": "orchestrator", "router": {"rank": 0, "port": ROUTER_PORT},
+                    "weight_broadcast": {"rank": first, "port": BROADCAST_PORT}}]
+    return {"rank": first + node_rank, "role": "trainer", "node_rank": node_rank,
+            "starts": starts}

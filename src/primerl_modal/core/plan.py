@@ -14,7 +14,7 @@ from primerl_modal.core import cmdline
 from primerl_modal.core.cost import Cost, cost_from_json, estimate
 from primerl_modal.core.durations import parse_duration
 from primerl_modal.core.fit import Fit, fit_from_json, plan_fit
-from primerl_modal.core.gpu_plan import GpuPlan, plan_gpus
+from primerl_modal.core.gpu_plan import GpuPlan, node_roles, plan_gpus, plan_nodes
 from primerl_modal.core.gpus import Catalogue, default_resources
 from primerl_modal.core.guard import Guard, guard_from, guard_from_json
 from primerl_modal.core.image_spec import image_spec
@@ -162,7 +162,10 @@ class Plan:
                 "inference_gpu_ids": list(g.inference_gpu_ids), "memory_gb": g.memory_gb,
                 "usd_per_gpu_hour": g.usd_per_gpu_hour,
                 "modal": g.modal_gpu if self.backend == "modal" else None,
+                "nodes": g.nodes, "trainer_nodes": g.trainer_nodes,
+                "inference_nodes": g.inference_nodes,
             },
+            "roles": node_roles(g),
             "argv": list(self.argv),
             "launcher": list(self.launcher),
             "workdir": self.workdir,
@@ -267,11 +270,6 @@ def build_plan(
     for name in pass_env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise PlanError(f"--env {name!r} is not a variable name", "write --env HF_TOKEN")
-    gpus = plan_gpus(
-        catalogue, g("gpu.type"), g("gpu.count"), g("gpu.trainer_ratio"), g("gpu.tp"),
-        trainer=g("gpu.trainer"), inference=g("gpu.inference"),
-        trainer_first=dialect == "2025-10",
-    )
     prebuilt = g("prime_rl.image")
     ref = g("prime_rl.ref")
     warnings += _image_warnings(layout.backend, prebuilt, ref)
@@ -294,12 +292,20 @@ def build_plan(
             configs[role] = item.path
         else:
             configs[role] = value
+    # before the GPU split: a config of the other kind is the first thing to fix
+    _check_deployment(g("gpu.nodes"), configs.get("config"), inputs)
+    gpus = _plan_gpus(g, catalogue, dialect, layout.backend)
     wandb = cmdline.Wandb(g("wandb.project"), run_id, g("wandb.entity"), g("wandb.group"))
     overrides = tables.get("overrides") or {}
     ckpt_interval = g("prime_rl.ckpt_interval")
     retention, kept = retention_from(g, dialect, max_steps_in(overrides))
     warnings += kept
-    if dialect == "current":
+    if gpus.nodes > 1:
+        argv = cmdline.multi_node_argv(
+            configs["config"], gpus, layout.outputs_root, run_id, wandb,
+            ckpt_interval, overrides, layout.launcher, retention,
+        )
+    elif dialect == "current":
         argv = cmdline.current_argv(
             configs["config"], gpus, layout.outputs_root, run_id, wandb,
             ckpt_interval, overrides, layout.launcher, retention,
@@ -338,7 +344,8 @@ def build_plan(
         timeout_s=timeout_s,
         retries=retries,
         # nothing is billed for this machine's GPUs (the view says what Modal would charge)
-        cost=(estimate(gpus, timeout_s, retries, catalogue, cpu, memory_mb) if on_modal
+        cost=(_per_cluster(estimate(gpus, timeout_s, retries, catalogue, cpu, memory_mb),
+                           gpus.nodes) if on_modal
               else Cost(0.0, 0.0, source=catalogue.source_of(gpus.type))),
         repo=g("prime_rl.repo"),
         ref=ref,
@@ -362,6 +369,95 @@ def build_plan(
         warnings=tuple(warnings),
         sources=dict(profile.sources),
     )
+
+
+def _plan_gpus(g: Callable[[str], Any], catalogue: Catalogue, dialect: str,
+               backend: str) -> GpuPlan:
+    """One node's split, or a Modal cluster's (``[gpu] nodes`` over 1).
+
+    Raises PlanError for a bad split, or a cluster anywhere but on Modal in dialect current.
+    """
+    nodes = g("gpu.nodes")
+    if nodes == 1:
+        return plan_gpus(
+            catalogue, g("gpu.type"), g("gpu.count"), g("gpu.trainer_ratio"), g("gpu.tp"),
+            trainer=g("gpu.trainer"), inference=g("gpu.inference"),
+            trainer_first=dialect == "2025-10",
+        )
+    if nodes < 1:
+        raise PlanError(f"gpu.nodes must be 1 or more, got {nodes}", "use --nodes 1")
+    if backend != "modal":
+        raise PlanError(f"{nodes} nodes need a Modal cluster: the {backend} backend runs on "
+                        "this machine alone", "use --nodes 1, or --backend modal")
+    if dialect != "current":
+        raise PlanError(f"multi-node runs need prime_rl.dialect current, not {dialect}",
+                        "use one rl.toml with a multi-node [deployment] (prime-rl's "
+                        "examples/advanced/*)")
+    return plan_nodes(catalogue, g("gpu.type"), g("gpu.count"), nodes,
+                      g("gpu.trainer_ratio"), g("gpu.tp"),
+                      trainer=g("gpu.trainer"), inference=g("gpu.inference"))
+
+
+# Where prime-rl keeps its configs: configs/* (and examples/basic/*) are single-node,
+# examples/advanced/* the multi-node ones (a [deployment] type = "multi_node" and a [slurm]).
+_SINGLE_NODE_DIRS = ("configs/", "examples/basic/")
+_MULTI_NODE_DIR = "examples/advanced/"
+
+
+def _check_deployment(nodes: int, config: str | None, inputs: list[InputFile]) -> None:
+    """The rl.toml's [deployment] agrees with ``nodes``: prime-rl refuses num_train_gpus
+    under a multi-node deployment, and a multi-node one outside SLURM.
+
+    Raises PlanError naming what to set (a config prm cannot place passes: the preflight
+    or prime-rl's own dry run tells).
+    """
+    if config is None:
+        return
+    uploaded = next((i for i in inputs if i.role == "config"), None)
+    if uploaded:
+        config = uploaded.source  # the user's file, not where the runner writes it
+        multi: bool | None = _uploaded_multi_node(uploaded.text)
+    elif config.startswith(_MULTI_NODE_DIR):
+        multi = True
+    elif config.startswith(_SINGLE_NODE_DIRS):
+        multi = False
+    else:
+        multi = None
+    if nodes > 1 and multi is False:
+        raise PlanError(
+            f"{config} is a single-node prime-rl config: prime-rl refuses its num_train_gpus "
+            "under a multi-node deployment",
+            "use --nodes 1, or a multi-node config such as prime-rl's "
+            "examples/advanced/qwen3-30b-a3b/math.toml (profile qwen3-30b-math)")
+    if nodes == 1 and multi:
+        raise PlanError(
+            f"{config} is a multi-node prime-rl config ([deployment] type = \"multi_node\")",
+            "set [gpu] nodes (or --nodes) to its node count, e.g. --nodes 4")
+
+
+def _uploaded_multi_node(text: str) -> bool:
+    """Whether an uploaded rl.toml's [deployment] is multi-node (parsed only when the text
+    names multi_node at all, so a single-node plan pays nothing)."""
+    if "multi_node" not in text:
+        return False
+    import tomllib
+
+    try:
+        deployment = tomllib.loads(text).get("deployment")
+    except tomllib.TOMLDecodeError:
+        return False  # prime-rl's own dry run (the preflight) names the syntax error
+    return isinstance(deployment, dict) and deployment.get("type") == "multi_node"
+
+
+def _per_cluster(cost: Cost, nodes: int) -> Cost:
+    """A node's cost times its nodes: every container reserves the same GPUs, CPU, memory."""
+    if nodes == 1:
+        return cost
+    return replace(cost, per_hour_usd=round(cost.per_hour_usd * nodes, 4),
+                   max_usd=round(cost.max_usd * nodes, 2),
+                   gpu_per_hour_usd=round(cost.gpu_per_hour_usd * nodes, 4),
+                   cpu_per_hour_usd=round(cost.cpu_per_hour_usd * nodes, 4),
+                   memory_per_hour_usd=round(cost.memory_per_hour_usd * nodes, 4))
 
 
 def _limits(timeout: str | int, retries: int) -> tuple[int, int]:
@@ -470,6 +566,9 @@ def plan_from_json(data: Mapping[str, Any]) -> Plan:
         tp=g["tp"], dp=g["dp"], trainer_gpu_ids=tuple(g["trainer_gpu_ids"]),
         inference_gpu_ids=tuple(g["inference_gpu_ids"]), memory_gb=g["memory_gb"],
         usd_per_gpu_hour=g["usd_per_gpu_hour"],
+        # plans written before clusters: one node
+        nodes=g.get("nodes", 1), trainer_nodes=g.get("trainer_nodes", 1),
+        inference_nodes=g.get("inference_nodes", 1),
     )
     w, image = data["wandb"], data["image"]
     return Plan(

@@ -4,6 +4,7 @@ cost."""
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -11,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from primerl_modal.core.durations import format_duration
+from primerl_modal.core.gpu_plan import node_roles
 from primerl_modal.core.gpus import default_resources
 from primerl_modal.core.image_spec import image_spec
 from primerl_modal.core.plan import Plan
@@ -22,8 +24,11 @@ _INFERENCE = "bold black on cyan"
 
 
 def gpu_picture(plan: Plan) -> Text:
-    """One block per local GPU id, coloured by the role it serves."""
+    """One block per local GPU id, coloured by the role it serves (a cluster: one row per
+    node)."""
     g = plan.gpu
+    if g.nodes > 1:
+        return node_picture(plan)
     roles = {i: "T" for i in g.trainer_gpu_ids} | {i: "I" for i in g.inference_gpu_ids}
     text = Text()
     for i in range(g.count):
@@ -36,6 +41,34 @@ def gpu_picture(plan: Plan) -> Text:
     text.append(" I ", style=_INFERENCE)
     text.append(f" inference {g.inference} = DP {g.dp} x TP {g.tp} (vLLM)")
     return text
+
+
+def node_picture(plan: Plan) -> Text:
+    """One row per node of a cluster: its rank, role, GPUs, and what it starts."""
+    g = plan.gpu
+    text = Text()
+    for role in node_roles(g):
+        trainer = role["role"] == "trainer"
+        style, letter = (_TRAINER, "T") if trainer else (_INFERENCE, "I")
+        text.append(f"node{role['rank']} ", style="bold")
+        text.append(f" {letter} " * g.count, style=style)
+        text.append("  " + ", ".join(_process(p) for p in role["starts"]) + "\n")
+    text.append(" T ", style=_TRAINER)
+    text.append(f" trainer {g.trainer_nodes} nodes = {g.trainer} GPUs (torchrun, FSDP)   ")
+    text.append(" I ", style=_INFERENCE)
+    text.append(f" inference {g.inference_nodes} nodes = DP {g.dp} x TP {g.tp} (vLLM)")
+    return text
+
+
+def _process(p: dict[str, Any]) -> str:
+    name = p["process"]
+    if name == "vllm":
+        return f"vLLM dp{p['dp_rank']}"
+    if name == "router":
+        return f"router ({len(p['backends'])} engines)"
+    if name == "torchrun":
+        return f"torchrun {p['node_rank'] + 1}/{p['nnodes']}"
+    return name.replace("_", " ")
 
 
 def command_text(argv: tuple[str, ...]) -> Text:
@@ -78,9 +111,11 @@ def cost_text(plan: Plan) -> str:
     if plan.backend != "modal":
         return (f"nothing billed: this machine's GPUs (on Modal, {g.count} x {g.type} alone "
                 f"would cost ${g.count * g.usd_per_gpu_hour:,.2f}/h){prices}")
-    parts = f"GPUs {g.count} x ${g.usd_per_gpu_hour:.2f}"
+    parts = f"GPUs {g.count * g.nodes} x ${g.usd_per_gpu_hour:.2f}"
     if c.cpu_per_hour_usd or c.memory_per_hour_usd:
         parts += f" + CPU ${c.cpu_per_hour_usd:.2f} + memory ${c.memory_per_hour_usd:.2f}"
+    if g.nodes > 1:
+        parts += f", all {g.nodes} nodes"
     return (f"${c.per_hour_usd:,.2f}/h ({parts}); "
             f"at most ${c.max_usd:,.2f} if every attempt hits its timeout{prices}")
 
@@ -137,7 +172,9 @@ def render(plan: Plan, title: str = "prm plan (dry run: nothing launched)") -> R
     grid.add_row("backend", plan.backend)
     grid.add_row("profile", f"{plan.profile}  ({plan.profile_path})")
     grid.add_row("dialect", plan.dialect)
-    grid.add_row("GPUs", f"{g.type} x {g.count}  ({g.memory_gb} GB each)  Modal gpu={g.modal_gpu}"
+    cluster = f"{g.nodes} nodes of " if g.nodes > 1 else ""
+    grid.add_row("GPUs", f"{cluster}{g.type} x {g.count}  ({g.memory_gb} GB each)  "
+                         f"Modal gpu={g.modal_gpu}"
                  if on_modal else f"{g.type} x {g.count} on this machine (launching checks "
                                   "their number, not their type)")
     grid.add_row("", gpu_picture(plan))
@@ -146,7 +183,9 @@ def render(plan: Plan, title: str = "prm plan (dry run: nothing launched)") -> R
     if on_modal:
         grid.add_row("image", Text(image_text(plan)))
     if plan.cpu is not None and plan.memory_mb is not None:
-        grid.add_row("resources", Text(resources_text(plan.cpu, plan.memory_mb, g.count)))
+        per_node = " per node" if g.nodes > 1 else ""
+        grid.add_row("resources",
+                     Text(resources_text(plan.cpu, plan.memory_mb, g.count) + per_node))
     for item in plan.inputs:
         grid.add_row(f"upload {item.role}", f"{item.source} -> {item.path}")
     if on_modal:
