@@ -21,6 +21,7 @@ from primerl_modal import cli
 from primerl_modal.commands.doctor import doctor
 from primerl_modal.commands.init import init
 from primerl_modal.commands.run import run
+from primerl_modal.core.schema import BY_DOTTED
 from primerl_modal.paths import PACKAGED_PROFILES
 from primerl_modal.planning import plan_profile
 
@@ -110,7 +111,7 @@ def test_init_comments_every_key_from_the_schema(prm):
     text = Path("configs/my-experiment.toml").read_text()
     lines = text.splitlines()
     assert any("trainer_ratio" in line and "# " in line for line in lines)
-    assert "Share of the GPUs for the trainer, in (0, 1)." in text  # schema help text
+    assert BY_DOTTED["gpu.trainer_ratio"].help in text  # the schema's help text
     assert "# max_steps = 100" in text
     data = tomllib.loads(text)
     assert data["prime_rl"]["ref"] == "559b44772e471d1538537b8805cc77f3824a5e64"
