@@ -182,3 +182,25 @@ def follow_to_the_end(run_id: str, err_path: Path, now: Any) -> tuple[str, Any]:
         err.seek(0)
         assert code == 0, err.read()
     return first + rest, then
+
+
+def local_trials_succeed(sweep: Any, count: int, timeout: float = 240.0) -> None:
+    """Wait until every trial of a local sweep is SUCCEEDED, reading the trials' own status
+    files (cheap, unlike a `prm ls` every 50 ms, which competes for the two cores with the
+    trials themselves); a timeout says where each trial stands."""
+    import time
+
+    from primerl_modal.runner.state import read_json
+
+    meta = Path(sweep.outputs) / "_prm"
+    trials = [f"{sweep.sweep_id}-{i}" for i in range(count)]
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = {t: read_json(meta / t / "status.json") or {} for t in trials}
+        if all(s.get("status") == "SUCCEEDED" for s in statuses.values()):
+            return
+        if time.monotonic() > deadline:
+            where = {t: (s.get("status"), (s.get("history") or [{}])[-1].get("note"))
+                     for t, s in statuses.items()}
+            raise AssertionError(f"trials not all SUCCEEDED after {timeout:g}s: {where}")
+        time.sleep(0.5)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import local_trials_succeed
 
 from primerl_modal.core import status as st
 from primerl_modal.core.sweep import load_sweep_text
@@ -248,9 +248,7 @@ def test_local_sweep_with_a_budget_runs_its_trials(prm, local_profile, fast_fake
             "--max-usd", "5")
     assert r.code == 0, r.err
     (sw,) = open_index().sweeps()
-    wait_for(lambda: all(t["status"] == "SUCCEEDED" for t in
-                         prm("ls", "--sweep", sw.sweep_id, "--json").json()),
-             timeout=90, what="the sweep's two trials")
+    local_trials_succeed(sw, 2)
     sweep = json.loads((Path(sw.outputs) / "_prm" / "sweeps" / sw.sweep_id / "sweep.json")
                        .read_text())
     assert sweep["max_usd"] == 5.0

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import launched, wait_for  # noqa: F401
+from conftest import launched, local_trials_succeed, wait_for  # noqa: F401
 
 from primerl_modal.core.sweep import SweepSpec, expand, load_sweep_text
 from primerl_modal.errors import PrmError
@@ -307,9 +307,7 @@ def test_sweep_show_has_a_column_for_each_swept_value(prm, local_profile, fast_f
             "env.PRM_SWEPT=a,b", "--max-parallel", "1")
     assert r.code == 0, r.err
     (sw,) = open_index().sweeps()
-    wait_for(lambda: all(t["status"] == "SUCCEEDED" for t in
-                         prm("ls", "--sweep", sw.sweep_id, "--json").json()),
-             timeout=90, what="the sweep's four trials")
+    local_trials_succeed(sw, 4)
     rows = prm("sweep", "show", sw.sweep_id, "--json").json()
     assert sorted((r["run_id"], r["max_steps"], r["env.PRM_SWEPT"]) for r in rows) == [
         (f"{sw.sweep_id}-0", 3, "a"), (f"{sw.sweep_id}-1", 3, "b"),
