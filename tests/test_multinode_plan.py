@@ -26,9 +26,9 @@ def test_qwen3_30b_math_is_two_inference_and_two_trainer_nodes(prm):
     assert (g["nodes"], g["inference_nodes"], g["trainer_nodes"]) == (4, 2, 2)
     assert (g["count"], g["modal"], g["trainer"], g["inference"], g["tp"], g["dp"]) == (
         8, "H100:8", 16, 16, 8, 2)
-    assert g["inference_gpu_ids"] == list(range(16))  # prime-rl: inference nodes first
+    assert g["trainer_gpu_ids"] == list(range(16))  # rank 0 is the first trainer node
     assert [(r["rank"], r["role"], r["node_rank"]) for r in plan["roles"]] == [
-        (0, "inference", 0), (1, "inference", 1), (2, "trainer", 0), (3, "trainer", 1)]
+        (0, "trainer", 0), (1, "trainer", 1), (2, "inference", 0), (3, "inference", 1)]
     # cost: every node's GPUs, CPU and memory (32 H100s)
     cost, price = plan["cost"]["per_hour_breakdown_usd"], g["usd_per_gpu_hour"]
     assert cost["gpu"] == pytest.approx(32 * price)
@@ -51,41 +51,40 @@ def test_rank_zero_runs_prime_rls_own_rl_dry_run_with_the_multi_node_deployment(
 
 
 def test_roles_follow_prime_rls_template():
-    """Router and engine 0 on inference node 0, one engine per TP slice on every inference
-    node, torchrun on every trainer node meeting at the first, orchestrator and env
-    servers there too."""
+    """Trainer nodes first: torchrun on each, meeting at rank 0, which runs the orchestrator
+    too; then the inference nodes, one server each (count / tp engines), the first also
+    the router in front of all of them."""
     from primerl_modal.core.gpu_plan import node_roles
 
     roles = node_roles(plan_nodes(catalogue(), "H100", 8, 3, 0.34, 4))
-    assert [r["role"] for r in roles] == ["inference", "inference", "trainer"]
-    router, *engines = roles[0]["starts"]
-    assert router == {"process": "router", "port": 8000, "backends": [
-        {"rank": 0, "port": 8100}, {"rank": 0, "port": 8101},
-        {"rank": 1, "port": 8100}, {"rank": 1, "port": 8101}]}
-    assert engines == [
-        {"process": "vllm", "dp_rank": 0, "gpus": [0, 1, 2, 3], "port": 8100},
-        {"process": "vllm", "dp_rank": 1, "gpus": [4, 5, 6, 7], "port": 8101}]
-    assert [p["dp_rank"] for p in roles[1]["starts"]] == [2, 3]
-    assert roles[2]["starts"] == [
+    assert [r["role"] for r in roles] == ["trainer", "inference", "inference"]
+    assert roles[0]["starts"] == [
         {"process": "torchrun", "nnodes": 1, "node_rank": 0, "nproc_per_node": 8,
-         "rdzv": {"rank": 2, "port": 29500}},
-        {"process": "env_servers"},
-        {"process": "orchestrator", "router": {"rank": 0, "port": 8000},
-         "weight_broadcast": {"rank": 2, "port": 29501}}]
+         "rdzv": {"rank": 0, "port": 29500}},
+        {"process": "orchestrator", "router": {"rank": 1, "port": 8000},
+         "admin": [{"rank": 1, "port": 8100}, {"rank": 2, "port": 8100}],
+         "weight_broadcast": {"rank": 0}}]
+    router, server = roles[1]["starts"]
+    assert router == {"process": "router", "port": 8000, "engines_per_worker": 2,
+                      "workers": [{"rank": 1, "port": 8100}, {"rank": 2, "port": 8100}]}
+    assert server == {"process": "inference", "port": 8100, "tp": 4, "engines": 2,
+                      "dp_ranks": [0, 1]}
+    assert roles[2]["starts"] == [{"process": "inference", "port": 8100, "tp": 4,
+                                   "engines": 2, "dp_ranks": [2, 3]}]
 
 
 def test_nodes_and_ratio_on_the_command_line(prm):
     plan = _plan(prm, "qwen3-30b-math", "--nodes", "3", "--trainer-ratio", "0.67")
     g = plan["gpu"]
     assert (g["nodes"], g["inference_nodes"], g["trainer_nodes"]) == (3, 1, 2)
-    assert [r["role"] for r in plan["roles"]] == ["inference", "trainer", "trainer"]
+    assert [r["role"] for r in plan["roles"]] == ["trainer", "trainer", "inference"]
     assert plan["sources"]["gpu.nodes"] == "--nodes"
 
 
 def test_the_picture_draws_every_node(prm):
     r = prm("run", "qwen3-30b-math", "--dry-run")
     assert r.code == 0, r.err
-    for line in ("node0", "router (2 engines)", "node3", "torchrun 2/2",
+    for line in ("node0  T", "router (2 servers), vLLM dp0 x tp8", "node3  I", "torchrun 2/2",
                  "trainer 2 nodes = 16 GPUs", "GPUs 32 x $"):
         assert line in r.out
 
@@ -97,14 +96,6 @@ def test_a_single_node_plan_gains_only_the_node_keys(prm):
     assert plan["roles"] == [{"rank": 0, "role": "trainer+inference", "node_rank": 0,
                               "starts": [{"process": "rl"}]}]
     assert "--dry-run" not in plan["argv"] and "--deployment.num-train-gpus" in plan["argv"]
-
-
-def test_a_real_launch_of_a_cluster_is_refused_before_anything_is_sent(prm):
-    r = prm("run", "qwen3-30b-math")
-    assert r.code == 1
-    assert r.err.strip().splitlines() == [
-        "prm: error: multi-node launches are not built yet: 4 nodes can only be planned for "
-        "now; use --dry-run to see the plan, or --nodes 1"]
 
 
 def _uploaded(tmp_path: Path, deployment: str) -> Path:

@@ -35,7 +35,7 @@ from primerl_modal.backends.modal_files import ModalSource
 from primerl_modal.backends.modal_image import check_local_code, controller_image, to_modal_image
 from primerl_modal.core import status as st
 from primerl_modal.core.image_spec import image_spec
-from primerl_modal.core.logs import LogLine, parse_attempt_log, parse_prefixed
+from primerl_modal.core.logs import LogLine, merged, parse_attempt_log, parse_prefixed
 from primerl_modal.core.plan import META_DIR, MODAL_LAYOUT, Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
 from primerl_modal.core.run_id import trial_index
@@ -73,6 +73,15 @@ def run_secrets(plan: Plan) -> list[modal.Secret]:
     return secrets
 
 
+def _body(plan: Plan) -> Any:
+    """The function a run's containers run: the runner, on a cluster of ``nodes``
+    containers (each with all the GPUs of its host, networked together, RDMA between
+    them for NCCL) when the plan has more than one node."""
+    if plan.gpu.nodes == 1:
+        return modal_remote.run_remote
+    return modal.clustered(size=plan.gpu.nodes, rdma=True)(modal_remote.run_remote)
+
+
 def tags_of(run_id: str, sweep_id: str | None) -> dict[str, str]:
     return {"prm-run": run_id, **({"prm-sweep": sweep_id} if sweep_id else {})}
 
@@ -96,7 +105,7 @@ class ModalBackend:
         call)."""
         app = modal.App(plan.run_id, tags=tags_of(plan.run_id, sweep_id))
         options = self._function_options(plan)
-        function = app.function(**options)(modal_remote.run_remote)
+        function = app.function(**options)(_body(plan))
         check = app.function(image=options["image"], **PREFLIGHT_RESOURCES)(
             modal_remote.preflight_remote) if preflight else None
         return app, function, check
@@ -169,8 +178,10 @@ class ModalBackend:
                 if key not in shapes:
                     shapes[key] = f"trial-{len(shapes)}"
                     functions[shapes[key]] = app.function(
-                        name=shapes[key], **self._function_options(plan, sweep.max_parallel),
-                    )(modal_remote.run_remote)
+                        name=shapes[key],
+                        # a cluster is that many containers: Modal counts containers
+                        **self._function_options(plan, sweep.max_parallel * plan.gpu.nodes),
+                    )(_body(plan))
                 payload.append({"index": index, "run_id": plan.run_id, "function": shapes[key],
                                 "plan": plan.to_json(with_input_texts=True)})
             controller = app.function(
@@ -396,11 +407,22 @@ class ModalBackend:
                 entries = volume.listdir(f"{META_DIR}/{record.run_id}/logs")
             except MISSING:
                 return
-            attempts = sorted((int(num), e.path) for e in entries
-                              if (num := Path(e.path).stem.removeprefix("attempt_")).isdigit())
-            for n, path in attempts:
-                text = b"".join(volume.read_file(path)).decode("utf-8", "replace")
-                yield from parse_attempt_log(text, n)
+            # a cluster's other nodes log beside rank 0, each in logs/node<rank>/
+            nodes = [e.path for e in entries if e.type == FileEntryType.DIRECTORY
+                     and Path(e.path).name.removeprefix("node").isdigit()]
+            logs = [self._attempt_logs(volume, entries)]
+            logs += [self._attempt_logs(volume, volume.listdir(node)) for node in nodes]
+            yield from (merged(logs) if nodes else logs[0])
+
+    @staticmethod
+    def _attempt_logs(volume: modal.Volume, entries: list[Any]) -> list[LogLine]:
+        attempts = sorted((int(num), e.path) for e in entries
+                          if (num := Path(e.path).stem.removeprefix("attempt_")).isdigit())
+        lines: list[LogLine] = []
+        for n, path in attempts:
+            text = b"".join(volume.read_file(path)).decode("utf-8", "replace")
+            lines += parse_attempt_log(text, n)
+        return lines
 
     def live_logs(self, record: RunRecord,
                   seen: Mapping[int, int] | None = None) -> Iterator[LogLine]:
@@ -555,6 +577,6 @@ def _shape(plan: Plan) -> str:
     """What makes two trials need different Modal functions."""
     spec = image_spec(plan)
     return json.dumps([spec.build_steps(), spec.overlays,
-                       plan.gpu.modal_gpu, plan.timeout_s, plan.retries, plan.secrets,
-                       plan.pass_env, plan.cpu, plan.memory_mb, plan.region,
+                       plan.gpu.modal_gpu, plan.gpu.nodes, plan.timeout_s, plan.retries,
+                       plan.secrets, plan.pass_env, plan.cpu, plan.memory_mb, plan.region,
                        plan.volumes], default=str)

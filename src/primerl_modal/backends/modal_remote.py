@@ -28,6 +28,7 @@ def run_remote(plan: dict[str, Any]) -> int:
 
     from primerl_modal.core import status as st
     from primerl_modal.core.plan import META_DIR
+    from primerl_modal.runner.cluster import run_node
     from primerl_modal.runner.core import RunnerOptions, gpu_sample_every, run
     from primerl_modal.runner.state import STOP_MARKER, RunState
 
@@ -61,13 +62,60 @@ def run_remote(plan: dict[str, Any]) -> int:
         time_limit_s=float(plan["timeout_s"]) if plan.get("timeout_s") else None,
         stop_requested=stop_requested,
     )
-    code = run(plan, volume.commit, options)
+    if int((plan.get("gpu") or {}).get("nodes") or 1) > 1:
+        node = cluster_node(plan, volume, outputs)
+        code = run_node(plan, volume.commit, options, node, ready_timeout())
+        if node.rank > 0:
+            return code  # only rank 0's result counts: it ends the call, or retries it
+    else:
+        code = run(plan, volume.commit, options)
     state = RunState.load(outputs / META_DIR / run_id, run_id)
     if state.status == st.RECOVERING:
         if state.data["attempts"][-1].get("preempted"):
             raise KeyboardInterrupt(f"{run_id}: preempted; Modal restarts this input")
         raise RuntimeError(f"{run_id}: attempt ended with exit code {code}; Modal retries it")
     return code
+
+
+def cluster_node(plan: dict[str, Any], volume: Any, outputs: Path) -> Any:
+    """This container's place in the run's Modal cluster: its rank, every rank's address
+    (IPv4 where Modal gives one to every container, else IPv6), and the volume as the
+    ranks' meeting point."""
+    import modal
+
+    from primerl_modal.runner.cluster import Node, Shared
+
+    cluster = modal.Cluster.from_context()
+    rank = cluster.container_rank()
+    hosts = cluster.container_ips("ipv4")
+    if len(hosts) != int(plan["gpu"]["nodes"]) or not all(hosts):
+        hosts = cluster.container_ips("ipv6")
+
+    def read(path: str) -> bytes | None:
+        try:
+            return b"".join(volume.read_file(path))
+        except (FileNotFoundError, modal.exception.NotFoundError):
+            return None
+
+    def listdir(path: str) -> list[str]:
+        try:
+            return [entry.path for entry in volume.listdir(path)]
+        except (FileNotFoundError, modal.exception.NotFoundError):
+            return []
+
+    launcher = json.loads(os.environ["PRM_LAUNCHER"]) if os.environ.get("PRM_LAUNCHER") \
+        else plan["launcher"]
+    # prime-rl's entry points (torchrun, orchestrator, inference, vllm-router) sit beside `rl`
+    bin_dir = os.environ.get("PRM_PRIME_RL_BIN") or str(Path(launcher[0]).parent)
+    shared = Shared(outputs, read, listdir, volume.commit, volume.reload)
+    return Node(plan, rank, hosts, str(cluster.object_id), shared, bin_dir,
+                poll_s=float(os.environ.get("PRM_CLUSTER_POLL_S") or 2.0))
+
+
+def ready_timeout() -> float:
+    from primerl_modal.runner.cluster import READY_TIMEOUT_S
+
+    return float(os.environ.get("PRM_CLUSTER_TIMEOUT") or READY_TIMEOUT_S)
 
 
 def preflight_remote(plan: dict[str, Any]) -> tuple[int, list[str]]:

@@ -42,6 +42,10 @@ def logs(
     attempt: Annotated[
         int | None, typer.Option("--attempt", min=1, help="Only this attempt (1 is the first).")
     ] = None,
+    node: Annotated[
+        int | None, typer.Option("--node", min=0,
+                                 help="Only this node of a multi-node run (0 is rank 0).")
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Print a run's logs, each line prefixed with its component.
@@ -55,6 +59,7 @@ def logs(
       prm logs math-8x-261129 -f
       prm logs math-8x-261129 -c trainer --grep 'loss|error' --tail 0
       prm logs math-8x-261129 --attempt 2 --since 30m --json
+      prm logs qwen3-30b-math-261130 --node 1 -c trainer
     """
     from primerl_modal.backends import get_backend
     from primerl_modal.core import status as st
@@ -69,7 +74,7 @@ def logs(
         raise UsageError(f"--grep {grep!r} is not a valid regex ({e})") from None
     components = frozenset(c.strip() for c in (component or "").split(",") if c.strip()) or None
     cutoff = time.time() - parse_duration(since, what="--since") if since else None
-    keep = LogFilter(components, cutoff, pattern, attempt)
+    keep = LogFilter(components, cutoff, pattern, attempt, node)
     index = open_index()
     record = index.find(run)
     backend = get_backend(record.backend, index)
@@ -81,11 +86,15 @@ def logs(
 
     seen: dict[int, int] = {}  # lines already stored, per attempt: live lines start after
     have: set[str] = set()  # components with stored lines
+    nodes: set[int] = set()  # cluster nodes with stored lines
 
     def stored() -> Iterator[LogLine]:
         for line in backend.stored_logs(record):
             seen[line.attempt] = seen.get(line.attempt, 0) + 1
-            have.add(line.component)
+            if node is None or line.node == node:
+                have.add(line.component)
+            if line.node is not None:
+                nodes.add(line.node)
             yield line
 
     for line in tail(keep.apply(stored()), tail_n):
@@ -93,6 +102,7 @@ def logs(
     sys.stdout.flush()
     if not follow or st.is_final(record.status):
         # a filter naming what the run does not have says so, rather than print nothing
+        _require_node(record.run_id, node, nodes, st.is_final(record.status))
         _require(record.run_id, components, have, attempt,
                  set(seen) | set(range(1, record.attempts + 1)), st.is_final(record.status))
         return
@@ -103,6 +113,19 @@ def logs(
                 sys.stdout.flush()
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _require_node(run_id: str, node: int | None, nodes: set[int], final: bool) -> None:
+    from primerl_modal.errors import PrmError
+
+    if node is None or node in nodes:
+        return
+    if not nodes:
+        raise PrmError(f"{run_id} has no node {node}" + ("" if final else " yet"),
+                       "it is a single-node run: drop --node" if final else
+                       "its nodes have written no lines so far")
+    raise PrmError(f"{run_id} has no node {node}" + ("" if final else " yet"),
+                   f"its nodes: {', '.join(map(str, sorted(nodes)))}")
 
 
 def _require(run_id: str, components: frozenset[str] | None, have: set[str],

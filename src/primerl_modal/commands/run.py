@@ -228,9 +228,6 @@ def run(
         if explain:
             console.out().print(explain_view(resolved))
         return
-    if plan.gpu.nodes > 1:
-        raise PrmError(f"multi-node launches are not built yet: {plan.gpu.nodes} nodes can "
-                       "only be planned for now", "use --dry-run to see the plan, or --nodes 1")
     require_fit(plan.fit, force)
     for w in plan.warnings:
         from primerl_modal.ui.console import warn

@@ -134,12 +134,11 @@ def plan_gpus(
 # Modal's multi-node guide: a cluster holds at most 32 nodes and 256 GPUs.
 MAX_NODES = 32
 MAX_CLUSTER_GPUS = 256
-# The ports prime-rl's multi-node template uses: router, first vLLM backend (one more per
-# data-parallel rank of a node), torchrun's rendezvous, NCCL weight broadcast.
+# The ports prime-rl's multi-node template uses: the router, each inference node's server
+# (its backend port), torchrun's rendezvous.
 ROUTER_PORT = 8000
 BACKEND_PORT = 8100
 RDZV_PORT = 29500
-BROADCAST_PORT = 29501
 
 
 def plan_nodes(
@@ -174,13 +173,13 @@ def plan_nodes(
         raise PlanError(f"inference tensor parallel {tp} does not divide a node's {count} GPUs",
                         f"valid --tp values: {valid}")
     trainer_nodes, inference_nodes = split(nodes, trainer_ratio)
-    # prime-rl's template: the first nodes run inference, the trainer nodes follow
-    split_at = inference_nodes * count
+    # the trainer nodes come first: rank 0 is the first trainer node (docs/multi-node.md)
+    split_at = trainer_nodes * count
     return GpuPlan(
-        type=kind.name, count=count, trainer=trainer_nodes * count,
-        inference=split_at, tp=tp, dp=split_at // tp,
-        trainer_gpu_ids=tuple(range(split_at, nodes * count)),
-        inference_gpu_ids=tuple(range(split_at)),
+        type=kind.name, count=count, trainer=split_at,
+        inference=inference_nodes * count, tp=tp, dp=inference_nodes * count // tp,
+        trainer_gpu_ids=tuple(range(split_at)),
+        inference_gpu_ids=tuple(range(split_at, nodes * count)),
         memory_gb=kind.memory_gb, usd_per_gpu_hour=kind.usd_per_hour,
         nodes=nodes, trainer_nodes=trainer_nodes, inference_nodes=inference_nodes,
     )
@@ -188,38 +187,40 @@ def plan_nodes(
 
 def node_roles(g: GpuPlan) -> list[dict[str, Any]]:
     """One entry per rank of the cluster: its role and the processes it starts, as prime-rl's
-    multi-node template places them (a single node: rank 0 runs prime-rl's `rl`, which
-    starts everything)."""
+    multi-node template places them, with the trainer nodes first (a single node: rank 0
+    runs prime-rl's `rl`, which starts everything)."""
     if g.nodes == 1:
         return [{"rank": 0, "role": "trainer+inference", "node_rank": 0,
                  "starts": [{"process": "rl"}]}]
-    return ([_inference_role(g, r) for r in range(g.inference_nodes)]
-            + [_trainer_role(g, r) for r in range(g.trainer_nodes)])
+    return ([_trainer_role(g, r) for r in range(g.trainer_nodes)]
+            + [_inference_role(g, r) for r in range(g.inference_nodes)])
 
 
 def _inference_role(g: GpuPlan, node_rank: int) -> dict[str, Any]:
-    per_node = g.count // g.tp
+    first = g.trainer_nodes  # the first inference node: the router
+    engines = g.count // g.tp
     starts: list[dict[str, Any]] = []
     if node_rank == 0:
-        # the router fronts every engine of every inference node; the orchestrator uses it
-        starts.append({"process": "router", "port": ROUTER_PORT,
-                       "backends": [{"rank": r, "port": BACKEND_PORT + k}
-                                    for r in range(g.inference_nodes)
-                                    for k in range(per_node)]})
-    starts += [{"process": "vllm", "dp_rank": node_rank * per_node + k,
-                "gpus": list(range(k * g.tp, (k + 1) * g.tp)), "port": BACKEND_PORT + k}
-               for k in range(per_node)]
-    return {"rank": node_rank, "role": "inference", "node_rank": node_rank, "starts": starts}
+        # the router fronts every inference node's server; the orchestrator uses it
+        starts.append({"process": "router", "port": ROUTER_PORT, "engines_per_worker": engines,
+                       "workers": [{"rank": first + r, "port": BACKEND_PORT}
+                                   for r in range(g.inference_nodes)]})
+    # one server per node, running count / tp engines of tp GPUs each (DP within the node)
+    starts.append({"process": "inference", "port": BACKEND_PORT, "tp": g.tp, "engines": engines,
+                   "dp_ranks": list(range(node_rank * engines, (node_rank + 1) * engines))})
+    return {"rank": first + node_rank, "role": "inference", "node_rank": node_rank,
+            "starts": starts}
 
 
 def _trainer_role(g: GpuPlan, node_rank: int) -> dict[str, Any]:
-    first = g.inference_nodes  # the first trainer node: torchrun's rendezvous (MASTER_ADDR)
     starts: list[dict[str, Any]] = [{
         "process": "torchrun", "nnodes": g.trainer_nodes, "node_rank": node_rank,
-        "nproc_per_node": g.count, "rdzv": {"rank": first, "port": RDZV_PORT}}]
+        "nproc_per_node": g.count, "rdzv": {"rank": 0, "port": RDZV_PORT}}]
     if node_rank == 0:
-        starts += [{"process": "env_servers"},
-                   {"process": "orchestrator", "router": {"rank": 0, "port": ROUTER_PORT},
-                    "weight_broadcast": {"rank": first, "port": BROADCAST_PORT}}]
-    return {"rank": first + node_rank, "role": "trainer", "node_rank": node_rank,
-            "starts": starts}
+        # the orchestrator starts its environment servers itself, beside it
+        first = g.trainer_nodes
+        starts.append({"process": "orchestrator", "router": {"rank": first, "port": ROUTER_PORT},
+                       "admin": [{"rank": first + r, "port": BACKEND_PORT}
+                                 for r in range(g.inference_nodes)],
+                       "weight_broadcast": {"rank": 0}})
+    return {"rank": node_rank, "role": "trainer", "node_rank": node_rank, "starts": starts}

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 PYTHON = "3.12"  # prime-rl's Dockerfile.cuda; its pyproject requires ~=3.12.0
 APT = ("git", "curl", "ca-certificates", "build-essential", "nvtop", "htop", "tmux")
+# A cluster's NCCL over RDMA needs the InfiniBand user libraries, as in prime-rl's
+# Dockerfile.cuda runtime stage; single-node images go without (and are not rebuilt).
+RDMA_APT = ("libibverbs1", "ibverbs-providers", "librdmacm1")
 # Set before the sync step so they apply to it; no uv cache is left in a layer.
 BUILD_ENV = (("UV_COMPILE_BYTECODE", "1"), ("UV_LINK_MODE", "copy"), ("UV_NO_CACHE", "1"))
 # The submodules prime-rl's CI initialises (.github/workflows/gpu_tests.yaml); the others
@@ -71,7 +74,8 @@ def image_spec(plan: Plan) -> ImageSpec:
         fetch_commands(plan.repo, plan.ref, plan.workdir),
         (f"cd {plan.workdir}", SYNC),
     )
-    return ImageSpec("build", plan.base_image, PYTHON, APT, BUILD_ENV, layers, plan.workdir,
+    apt = APT + RDMA_APT if plan.gpu.nodes > 1 else APT
+    return ImageSpec("build", plan.base_image, PYTHON, apt, BUILD_ENV, layers, plan.workdir,
                      overlays)
 
 

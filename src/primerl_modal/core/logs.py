@@ -2,7 +2,9 @@
 
 The runner's attempt logs (``_prm/<run-id>/logs/attempt_<n>.log``) hold one line per
 forwarded line: ``<unix time> [<component>] <text>``. Modal's live stream carries the same
-lines without the time (each entry has its own).
+lines without the time (each entry has its own). The nodes of a cluster prefix theirs with
+the node: ``[node1/trainer]`` (rank 0's in the same file, the others' in
+``logs/node<rank>/attempt_<n>.log``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-_PREFIXED = re.compile(r"\[([\w./-]+)\] ?(.*)", re.S)
+_PREFIXED = re.compile(r"\[(?:node(\d+)/)?([\w./-]+)\] ?(.*)", re.S)
 
 
 @dataclass(frozen=True)
@@ -21,20 +23,24 @@ class LogLine:
     attempt: int
     component: str
     text: str
+    node: int | None = None  # the cluster node (rank) it comes from
 
     def render(self) -> str:
-        return f"[{self.component}] {self.text}"
+        where = "" if self.node is None else f"node{self.node}/"
+        return f"[{where}{self.component}] {self.text}"
 
     def to_json(self) -> dict[str, object]:
         return {"t": self.t, "attempt": self.attempt, "component": self.component,
-                "line": self.text}
+                "line": self.text, **({} if self.node is None else {"node": self.node})}
 
 
 def parse_prefixed(text: str, t: float | None, attempt: int) -> LogLine:
-    """``[trainer] step 3`` -> component trainer; a line without a prefix is Modal's own."""
+    """``[trainer] step 3`` -> component trainer; ``[node1/trainer]`` -> node 1's trainer;
+    a line without a prefix is Modal's own."""
     match = _PREFIXED.match(text)
     if match:
-        return LogLine(t, attempt, match.group(1), match.group(2))
+        node = int(match.group(1)) if match.group(1) is not None else None
+        return LogLine(t, attempt, match.group(2), match.group(3), node)
     return LogLine(t, attempt, "modal", text)
 
 
@@ -61,9 +67,12 @@ class LogFilter:
     since: float | None = None
     grep: re.Pattern[str] | None = None
     attempt: int | None = None
+    node: int | None = None
 
     def keep(self, line: LogLine) -> bool:
         if self.components is not None and line.component not in self.components:
+            return False
+        if self.node is not None and line.node != self.node:
             return False
         if self.attempt is not None and line.attempt != self.attempt:
             return False
@@ -73,6 +82,13 @@ class LogFilter:
 
     def apply(self, lines: Iterable[LogLine]) -> Iterator[LogLine]:
         return (line for line in lines if self.keep(line))
+
+
+def merged(logs: Iterable[Iterable[LogLine]]) -> list[LogLine]:
+    """The lines of several nodes' logs of one run as one log: by attempt, then by time
+    (each node's own order kept for lines of the same time)."""
+    lines = [line for log in logs for line in log]
+    return sorted(lines, key=lambda line: (line.attempt, line.t or 0.0))
 
 
 def tail(lines: Iterable[LogLine], n: int) -> list[LogLine]:

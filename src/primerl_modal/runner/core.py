@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from primerl_modal.core import status as st
 from primerl_modal.core.cost import format_usd
@@ -38,6 +38,29 @@ CANCEL_SIGNAL = signal.SIGUSR1  # Modal's input cancellation for a synchronous f
 
 
 @dataclass(frozen=True)
+class PeerEnd:
+    """How another node of the cluster ended (what it announced)."""
+
+    rank: int
+    status: str
+    note: str
+    preempted: bool = False
+
+
+class ClusterHooks(Protocol):
+    """What makes this runner one node of a Modal cluster (runner/cluster.py)."""
+
+    rank: int
+    poll_s: float
+
+    def log_path(self, attempt: int) -> Path: ...
+
+    def launch(self, runner: Runner, argv: list[str], sink: Sink) -> list[str] | int: ...
+
+    def peer_end(self) -> PeerEnd | None: ...
+
+
+@dataclass(frozen=True)
 class RunnerOptions:
     outputs_root: Path  # where the plan's outputs root really is (a volume mount, a folder)
     workdir: Path | None = None  # the prime-rl checkout, when not the plan's
@@ -56,6 +79,9 @@ class RunnerOptions:
     gpu_sample_every: float = SAMPLE_EVERY_S
     # Whether `prm stop` asked for this stop (else a signal means preemption or shutdown).
     stop_requested: Callable[[Path], bool] = stop_requested
+    # One node of a cluster: its hooks, and where its own state lives (rank 0: the run's)
+    cluster: ClusterHooks | None = None
+    meta_dir: Path | None = None
 
 
 def gpu_sample_every() -> float:
@@ -80,13 +106,14 @@ class Runner:
         self.out = out
         self.run_id: str = plan["run_id"]
         root = options.outputs_root
-        self.meta_dir = root / META_DIR / self.run_id
+        self.meta_dir = options.meta_dir or root / META_DIR / self.run_id
         self.run_dir = Path(self.remap(plan["run_dir"]))
         self.state = RunState.load(self.meta_dir, self.run_id)
         self.signal: int | None = None
         self.signal_at = 0.0
         self.reason: str | None = None  # why the runner itself ended the launcher
         self.verdict: Verdict | None = None  # the guard's, when it ended the launcher
+        self.peer: PeerEnd | None = None  # another node's end, which ended this one
         self.proc: subprocess.Popen[bytes] | None = None
         self.sink: Sink | None = None
         self.started = time.monotonic()
@@ -125,6 +152,12 @@ class Runner:
             argv = [*self.options.launcher, *argv[len(self.plan["launcher"]):]]
         return argv
 
+    def workdir(self) -> Path:
+        return self.options.workdir or Path(self.plan["workdir"])
+
+    def launch_env(self) -> dict[str, str]:
+        return {**os.environ, **self.plan.get("env", {}), "PRM_RUN_ID": self.run_id}
+
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.signal is None:
             self.signal, self.signal_at = signum, time.monotonic()
@@ -162,7 +195,9 @@ class Runner:
                                  resume.step is not None else " (resuming)" if resume else "")
         self.state.set_status(st.RUNNING, note)
         self.commit()  # the attempt is on record before anything can kill it
-        self.sink = sink = Sink(self.out, self.meta_dir / "logs" / f"attempt_{n}.log")
+        cluster = self.options.cluster
+        log = cluster.log_path(n) if cluster else self.meta_dir / "logs" / f"attempt_{n}.log"
+        self.sink = sink = Sink(self.out, log, node=cluster.rank if cluster else None)
         sink.emit("runner", [f"{self.run_id}: attempt {n}", shlex.join(argv)])
         if resume and resume.skipped:
             torn = ", ".join(map(str, resume.skipped))
@@ -203,12 +238,17 @@ class Runner:
 
     def _supervise(self, argv: list[str], sink: Sink, tailer: LogTailer,
                    progress: Progress, watch: Watch, sampler: Sampler) -> int:
-        workdir = self.options.workdir or Path(self.plan["workdir"])
-        env = {**os.environ, **self.plan.get("env", {}), "PRM_RUN_ID": self.run_id}
+        cluster = self.options.cluster
+        if cluster is not None:  # rank 0's dry run, then this node's processes
+            launched = cluster.launch(self, argv, sink)
+            if isinstance(launched, int):
+                return launched
+            argv = launched
         try:
             self.proc = subprocess.Popen(
-                dies_with_this_process(argv), cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                dies_with_this_process(argv), cwd=self.workdir(), env=self.launch_env(),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         except OSError as e:
             sink.emit("runner", [f"cannot start the launcher {argv[0]!r}: {e}"])
@@ -218,8 +258,8 @@ class Runner:
         self.state.save()
         if self.signal is not None:  # a signal that arrived while starting
             self._on_signal(self.signal, None)
-        reader = pump_pipe(self.proc.stdout.fileno(), sink)
-        last_commit = last_save = last_stop_poll = time.monotonic()
+        reader = pump_pipe(self.proc.stdout.fileno(), sink, tagged=cluster is not None)
+        last_commit = last_save = last_stop_poll = last_peer_poll = time.monotonic()
         killed = dirty = signal_recorded = False
         ending_at: float | None = None
         while self.proc.poll() is None:
@@ -234,6 +274,13 @@ class Runner:
                 last_stop_poll = now
                 if self.options.stop_requested(self.meta_dir):
                     ending_at = self._end_launcher("stop requested", sink)
+            elif ending_at is None and cluster is not None and \
+                    now - last_peer_poll >= cluster.poll_s:
+                last_peer_poll = now
+                if (peer := cluster.peer_end()) is not None:
+                    self.peer = peer
+                    ending_at = self._end_launcher(f"node{peer.rank} ended ({peer.status}: "
+                                                   f"{peer.note})", sink)
             elif ending_at is None and self._out_of_time(now):
                 ending_at = self._end_launcher("time limit", sink)
             elif ending_at is None and (verdict := watch.check(
@@ -308,6 +355,8 @@ class Runner:
             progressed or self.state.startup_failures(self.options.call_id) < startup_retries)
         if self.signal == CANCEL_SIGNAL:
             return st.STOPPED, "stopped (its call was cancelled)", False
+        if self.peer is not None and self.signal is None:
+            return self._after_peer(self.peer, retry)
         if self.signal is not None or self.reason == "stop requested":
             name = signal.Signals(self.signal).name if self.signal else self.reason
             if self.options.stop_requested(self.meta_dir):
@@ -334,6 +383,16 @@ class Runner:
             note += "; no retries left" if progressed or failures >= self.options.retries \
                 else f"; no retries left for failures before the first step ({startup_retries})"
         return (st.RECOVERING if retry else st.FAILED), note, True
+
+    def _after_peer(self, peer: PeerEnd, retry: bool) -> tuple[str, str, bool]:
+        """This node was ended because another one ended: the cluster shares its fate (a
+        finish, a stop, a preemption), and another node's failure is the cluster's."""
+        why = f"node{peer.rank}: {peer.note}"
+        if peer.status in (st.SUCCEEDED, st.STOPPED):
+            return peer.status, why, False
+        if peer.preempted:
+            return st.RECOVERING, why, False
+        return (st.RECOVERING if retry else st.FAILED), why, True
 
     def _finish(self, code: int, sink: Sink, progress: Progress, failures: int,
                 watch: Watch) -> None:

@@ -27,8 +27,10 @@ _ERROR = re.compile(r"Traceback|Error|Exception|FAILED|failed")
 class Sink:
     """Thread-safe writer of prefixed lines to a stream and a log file."""
 
-    def __init__(self, out: TextIO, log_path: Path) -> None:
+    def __init__(self, out: TextIO, log_path: Path, node: int | None = None) -> None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        # a cluster's lines say which node they come from: [node1/trainer]
+        self._label = "" if node is None else f"node{node}/"
         self._out = out
         self._log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._lock = threading.Lock()
@@ -39,7 +41,7 @@ class Sink:
     def emit(self, prefix: str, lines: list[str]) -> None:
         if not lines:
             return
-        text = "".join(f"[{prefix}] {line}\n" for line in lines)
+        text = "".join(f"[{self._label}{prefix}] {line}\n" for line in lines)
         stamp = f"{time.time():.3f} "
         with self._lock:
             self._out.write(text)
@@ -101,8 +103,21 @@ def _as_shown(text: str) -> list[str]:
     return lines
 
 
-def pump_pipe(fd: int, sink: Sink, prefix: str = "launcher") -> threading.Thread:
-    """A thread that forwards everything readable from ``fd`` until EOF."""
+_TAGGED = re.compile(r"\[([\w.-]+)\] (.*)", re.S)
+
+
+def pump_pipe(fd: int, sink: Sink, prefix: str = "launcher",
+              tagged: bool = False) -> threading.Thread:
+    """A thread that forwards everything readable from ``fd`` until EOF. ``tagged``: each
+    line names its component itself (``[trainer] text``, a cluster node's output)."""
+
+    def emit(lines: list[str]) -> None:
+        if not tagged:
+            sink.emit(prefix, lines)
+            return
+        for line in lines:
+            match = _TAGGED.match(line)
+            sink.emit(*((match.group(1), [match.group(2)]) if match else (prefix, [line])))
 
     def loop() -> None:
         splitter = _LineSplitter()
@@ -113,8 +128,8 @@ def pump_pipe(fd: int, sink: Sink, prefix: str = "launcher") -> threading.Thread
                 break
             if not data:
                 break
-            sink.emit(prefix, splitter.feed(data))
-        sink.emit(prefix, splitter.rest())
+            emit(splitter.feed(data))
+        emit(splitter.rest())
 
     thread = threading.Thread(target=loop, name="prm-pipe", daemon=True)
     thread.start()

@@ -62,10 +62,11 @@ def node_picture(plan: Plan) -> Text:
 
 def _process(p: dict[str, Any]) -> str:
     name = p["process"]
-    if name == "vllm":
-        return f"vLLM dp{p['dp_rank']}"
+    if name == "inference":
+        dp = p["dp_ranks"]
+        return f"vLLM dp{dp[0]}" + (f"-{dp[-1]}" if len(dp) > 1 else "") + f" x tp{p['tp']}"
     if name == "router":
-        return f"router ({len(p['backends'])} engines)"
+        return f"router ({len(p['workers'])} servers)"
     if name == "torchrun":
         return f"torchrun {p['node_rank'] + 1}/{p['nnodes']}"
     return name.replace("_", " ")

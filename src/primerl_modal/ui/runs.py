@@ -17,6 +17,10 @@ STATUS_STYLE = {
 
 
 def gpu_text(r: RunRecord) -> str:
+    nodes = (r.trainer + r.inference) // r.gpu_count if r.gpu_count else 1
+    if nodes > 1:  # a cluster: trainer and inference count whole nodes of gpu_count GPUs
+        return (f"{nodes}x{r.gpu_type}x{r.gpu_count} "
+                f"{r.trainer // r.gpu_count}T/{r.inference // r.gpu_count}I nodes")
     return f"{r.gpu_type}x{r.gpu_count} {r.trainer}T/{r.inference}I"
 
 
