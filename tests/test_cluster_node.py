@@ -151,3 +151,17 @@ def test_node_prefixes_parse_and_filter():
     assert [line.text for line in keep.apply(merged([node0, node1]))] == ["step 2"]
     (single,) = parse_attempt_log("1.0 [trainer] step 1\n", 1)
     assert single.node is None and "node" not in single.to_json()
+
+
+def test_a_clusters_checkpoint_is_complete_only_with_every_trainer_ranks_shard(tmp_path):
+    from primerl_modal.runner.checkpoints import resume_from
+
+    for step, shards in ((2, range(4)), (4, range(2))):  # step 4: node 1's shards missing
+        trainer = tmp_path / "checkpoints" / f"step_{step}" / "trainer"
+        trainer.mkdir(parents=True)
+        (trainer / ".metadata").write_text("m")
+        for r in shards:
+            (trainer / f"__{r}_0.distcp").write_text("s")
+    assert resume_from("current", tmp_path).step == 4  # one node: .metadata is enough
+    resume = resume_from("current", tmp_path, shards=4)
+    assert (resume.args, resume.skipped) == (("--resume.step", "2"), (4,))

@@ -26,13 +26,18 @@ def checkpoint_steps(run_dir: Path) -> dict[int, Path]:
             if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir()}
 
 
-def is_complete(step_dir: Path) -> bool:
-    return (step_dir / "trainer" / DCP_METADATA).is_file()
+def is_complete(step_dir: Path, shards: int | None = None) -> bool:
+    """``.metadata`` is there (and, for a cluster's ``shards`` trainer ranks, every rank's
+    ``__<rank>_0.distcp``: each trainer node writes and commits its own)."""
+    trainer = step_dir / "trainer"
+    if not (trainer / DCP_METADATA).is_file():
+        return False
+    return shards is None or all((trainer / f"__{r}_0.distcp").is_file() for r in range(shards))
 
 
-def latest_complete(run_dir: Path) -> int | None:
+def latest_complete(run_dir: Path, shards: int | None = None) -> int | None:
     steps = checkpoint_steps(run_dir)
-    return max((n for n, p in steps.items() if is_complete(p)), default=None)
+    return max((n for n, p in steps.items() if is_complete(p, shards)), default=None)
 
 
 def set_aside(run_dir: Path, steps: tuple[int, ...]) -> Path:
@@ -58,10 +63,11 @@ class Resume:
     skipped: tuple[int, ...] = ()  # newer, incomplete step folders passed over
 
 
-def resume_from(dialect: str, run_dir: Path) -> Resume:
-    """How this dialect continues from the newest complete checkpoint (never --clean)."""
+def resume_from(dialect: str, run_dir: Path, shards: int | None = None) -> Resume:
+    """How this dialect continues from the newest complete checkpoint (never --clean);
+    ``shards``: a cluster's trainer ranks, each of whose shards a complete one has."""
     steps = checkpoint_steps(run_dir)
-    step = latest_complete(run_dir)
+    step = latest_complete(run_dir, shards)
     skipped = tuple(sorted(n for n in steps if step is None or n > step))
     if dialect == "current":
         # Bare --resume on a directory without a complete checkpoint: prime-rl starts over

@@ -186,7 +186,9 @@ class Runner:
             return 143
         failures = self.state.failures(self.options.call_id)
         resumed = self.state.attempt > 0 or has_artifacts(self.run_dir)
-        resume = resume_from(self.plan["dialect"], self.run_dir) if resumed else None
+        gpu = self.plan.get("gpu") or {}
+        shards = int(gpu["trainer"]) if int(gpu.get("nodes") or 1) > 1 else None
+        resume = resume_from(self.plan["dialect"], self.run_dir, shards) if resumed else None
         if resume:
             argv += resume.args
         n = self.state.begin_attempt(argv, resume.step if resume else None, resumed,
@@ -201,7 +203,8 @@ class Runner:
         sink.emit("runner", [f"{self.run_id}: attempt {n}", shlex.join(argv)])
         if resume and resume.skipped:
             torn = ", ".join(map(str, resume.skipped))
-            sink.emit("runner", [f"checkpoint step {torn} is incomplete (no trainer/.metadata):"
+            missing = "no trainer/.metadata" + (", or a trainer node's shards" if shards else "")
+            sink.emit("runner", [f"checkpoint step {torn} is incomplete ({missing}):"
                                  " not resumed from"])
             if resume.step is None and self.plan["dialect"] == "current":
                 aside = set_aside(self.run_dir, resume.skipped)
@@ -213,7 +216,6 @@ class Runner:
                             max_steps_from_argv(argv))
         progress.poll()  # what earlier attempts wrote: not this attempt's progress
         watch = Watch(guard, per_hour, spent, progress.rows, self.started)
-        gpu = self.plan.get("gpu") or {}
         sampler = Sampler({"trainer": gpu.get("trainer_gpu_ids") or [],
                            "inference": gpu.get("inference_gpu_ids") or []},
                           self.options.gpu_sample_every,

@@ -41,7 +41,9 @@ def dry_run(plan: dict[str, Any], *, workdir: Path | None = None,
     does it (Runner.prepare), into a scratch outputs root that is removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="prm-preflight-") as scratch:
         options = RunnerOptions(outputs_root=Path(scratch), workdir=workdir, launcher=launcher)
-        argv = [*Runner(plan, lambda: None, options, io.StringIO()).prepare(), DRY_RUN_FLAG]
+        argv = Runner(plan, lambda: None, options, io.StringIO()).prepare()
+        if DRY_RUN_FLAG not in argv:  # a cluster's rank-0 command is a dry run already
+            argv.append(DRY_RUN_FLAG)
         env = {**os.environ, **plan.get("env", {}), "PRM_RUN_ID": plan["run_id"]}
         try:
             done = subprocess.run(argv, cwd=workdir or plan["workdir"], env=env,
