@@ -63,6 +63,8 @@ def show(
         "status": status,
         "next": _next_steps(record.run_id, record.status),
     }
+    if len((plan or {}).get("roles") or []) > 1:
+        details["nodes"] = _nodes(plan or {}, status, lambda name: backend.read_meta(record, name))
     if record.backend == "modal":  # what Modal billed, when a token is there: a note at worst
         from primerl_modal.prices import billed_figure
 
@@ -90,6 +92,30 @@ def _plan(data: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
     except PrmError as e:
         return None, e.message
     return plan, None
+
+
+def _nodes(plan: dict[str, Any], status: dict[str, Any] | None,
+           read: Any) -> list[dict[str, Any]]:
+    """Each node of a cluster: its role and processes, and what its runner last recorded
+    (rank 0's is the run's status; the others keep theirs in nodes/<rank>/)."""
+    from primerl_modal.backends.base import parse_status
+    from primerl_modal.errors import PrmError
+
+    nodes = []
+    for role in plan.get("roles") or []:
+        rank = role.get("rank", 0)
+        own = status
+        if rank:
+            try:
+                own = parse_status(read(f"nodes/{rank}/status.json"))
+            except PrmError:
+                own = None
+        history = ((own or {}).get("history") or [{}])[-1]
+        nodes.append({"rank": rank, "role": role.get("role"),
+                      "starts": [p.get("process") for p in role.get("starts") or []],
+                      "status": (own or {}).get("status"), "note": history.get("note"),
+                      "heartbeat_at": ((own or {}).get("runner") or {}).get("heartbeat_at")})
+    return nodes
 
 
 def _wandb_url(wandb: dict[str, Any]) -> str | None:
@@ -193,6 +219,15 @@ def _render(d: dict[str, Any]) -> None:
         for component, lines in (stall.get("lines") or {}).items():
             for line in lines:
                 out.print(f"  [{component}] {line}", highlight=False, markup=False)
+    if d.get("nodes"):
+        nodes = Table(title="nodes", title_justify="left", box=None, header_style="bold")
+        for col in ("node", "role", "starts", "status", "heartbeat", "note"):
+            nodes.add_column(col)
+        for n in d["nodes"]:
+            nodes.add_row(*map(Text, (f"node{n['rank']}", _text(n["role"], "?"),
+                                      ", ".join(n["starts"]), _text(n["status"], "not started"),
+                                      _when(n["heartbeat_at"]), _text(n["note"], ""))))
+        out.print(nodes)
     attempts = Table(title="attempts", title_justify="left", box=None, header_style="bold")
     for col in ("#", "started", "ended", "took", "outcome", "exit", "resumed from", "note"):
         attempts.add_column(col)

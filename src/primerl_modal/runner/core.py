@@ -206,7 +206,8 @@ class Runner:
             missing = "no trainer/.metadata" + (", or a trainer node's shards" if shards else "")
             sink.emit("runner", [f"checkpoint step {torn} is incomplete ({missing}):"
                                  " not resumed from"])
-            if resume.step is None and self.plan["dialect"] == "current":
+            if resume.step is None and self.plan["dialect"] == "current" and \
+                    (cluster is None or cluster.rank == 0):  # a cluster's files: rank 0's
                 aside = set_aside(self.run_dir, resume.skipped)
                 sink.emit("runner", [f"moved it to {aside} so that --resume starts afresh "
                                      "instead of failing to load it"])
