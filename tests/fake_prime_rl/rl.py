@@ -4,6 +4,7 @@
 Run it where a test would run ``uv run rl``::
 
     python tests/fake_prime_rl/rl.py @ rl.toml --output-dir /x --run.name ID ...
+    tests/fake_prime_rl/bin/rl @ rl.toml ...   # the same, with the python3 on PATH
 
 From the outside it behaves like prime-rl's launcher as described in
 ``shared/PRIME_RL.md``: same argv for both dialects (``current`` and ``2025-10``, the
@@ -90,6 +91,23 @@ Dialect ``2025-10`` (prime-rl of Oct 2025, three files):
 - Logs are ``logs/{inference,orchestrator,trainer}.stdout`` (prime-rl then: each opened
   with "w" on every launch).
 - The launcher does not set ``PRL_RUN_ID`` (it passes on an inherited one).
+
+Multi-node (dialect ``current``, ``[deployment] type = "multi_node"`` or
+``--deployment.type multi_node``), as prime-rl's RLConfig and ``rl_slurm`` have it: refused
+without a ``[slurm]`` table or a ``--slurm.*`` flag (``Must use SLURM for multi-node
+deployment.``, exit 2); ``num_train_nodes`` and ``num_infer_nodes`` are required (the fake
+needs at least one of each: no fake-data training without inference) and the
+single-node ``num_train_gpus`` / ``num_infer_gpus`` are unknown keys there (the box, exit 1);
+the tensor parallel size (``inference.vllm.tensor_parallel_size``, else
+``inference.parallel.tp``) must divide ``gpus_per_node``; ``[weight_broadcast] type`` is
+``filesystem`` (default) or ``nccl``. With ``--dry-run`` it writes
+``configs/{trainer,orchestrator,inference}.toml`` (TOML: each section over the shared keys;
+trainer and orchestrator also get the absolute ``output_dir`` (the run directory),
+``max_steps`` and ``[ckpt]`` with the interval and the resolved ``resume_step`` (resolved as
+a launch resolves it); the orchestrator ``[weight_broadcast] type``) and a stand-in job
+script ``rl.sbatch``, prints ``Dry run complete. To submit manually:`` and ``  sbatch
+<script>``, exits 0 and starts nothing. Without ``--dry-run`` it exits 1 (nothing to submit
+to). What each node then runs is ``roles.py``, through the entry points in ``bin/``.
 
 Dialect ``current``: ``--dry-run`` validates and writes ``configs/`` only, without
 checking for artifacts. Both dialects: configs are written as JSON; a resume appends to
@@ -221,6 +239,21 @@ CURRENT_SCHEMA: dict[str, Any] = {
     },
     "ckpt": dict.fromkeys(("interval", "resume_step", "keep_last", "keep_interval"), _ANY),
 }
+# prime-rl's MultiNodeDeploymentConfig: under ``type = "multi_node"`` the single-node keys
+# (num_train_gpus, num_infer_gpus) are extra inputs, refused like any unknown key.
+MULTI_NODE_SCHEMA: dict[str, Any] = {
+    **CURRENT_SCHEMA,
+    "deployment": dict.fromkeys((
+        "type", "gpus_per_node", "num_train_nodes", "num_infer_nodes", "num_infer_replicas",
+        "nodes_per_fsdp_group", "orchestrator_on_inference",
+    ), _ANY),
+}
+DEPLOYMENT_TYPES = ("single_node", "multi_node")
+WEIGHT_BROADCAST_TYPES = ("filesystem", "nccl")
+# The ports prime-rl's multi-node template gives its processes.
+ROUTER_PORT = 8000
+BACKEND_PORT = 8100
+MASTER_PORT = 29500
 POLL_SECONDS = 0.02
 CHILD_GRACE_SECONDS = 0.25
 SHUTDOWN_LOG_SECONDS = 0.25
@@ -488,10 +521,23 @@ class Plan:
     resume_step: int | None
     clean: bool
     dry_run: bool
+    multi_node: "MultiNode | None" = None
 
     @property
     def attempt_logs(self) -> bool:
         return self.dialect == "current"
+
+
+@dataclass(frozen=True)
+class MultiNode:
+    """A ``type = "multi_node"`` deployment: nodes of ``gpus_per_node`` GPUs each."""
+
+    train_nodes: int
+    infer_nodes: int
+    gpus_per_node: int
+    tp: int
+    weight_broadcast: str
+    job_name: str | None
 
 
 def _int(value: Any, name: str, minimum: int = 1) -> int:
@@ -631,12 +677,39 @@ def _legacy_controls(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_current(cfg: dict[str, Any]) -> Plan:
-    unknown = unknown_keys(cfg, CURRENT_SCHEMA)
+    deployment_type = get_nested(cfg, "deployment.type", "single_node")
+    multi = deployment_type == "multi_node"
+    unknown = unknown_keys(cfg, MULTI_NODE_SCHEMA if multi else CURRENT_SCHEMA)
     if unknown:
         raise ConfigError(unknown)
     deployment = cfg.setdefault("deployment", {})
     if not isinstance(deployment, dict):
         raise UsageError("deployment must be a table")
+    if deployment_type not in DEPLOYMENT_TYPES:
+        raise UsageError(
+            f"deployment.type must be one of {DEPLOYMENT_TYPES}, got {deployment_type!r}"
+        )
+    nodes = _multi_node(cfg, deployment) if multi else None
+    split = _node_split(nodes) if nodes else _single_node_split(cfg, deployment)
+    output_dir = _output_dir(cfg)
+    run_name = _run_name(cfg)
+    return Plan(
+        dialect="current",
+        config=cfg,
+        run_dir=output_dir / run_name,
+        run_name=run_name,
+        wandb_project=_optional_str(get_nested(cfg, "monitors.wandb.project")),
+        wandb_name=_optional_str(get_nested(cfg, "monitors.wandb.name")),
+        multi_node=nodes,
+        **split,
+        **_common(cfg),
+        **_current_controls(cfg),
+    )
+
+
+def _single_node_split(cfg: dict[str, Any], deployment: dict[str, Any]) -> dict[str, Any]:
+    """One node's GPUs between inference (low ids) and trainer, as prime-rl's launcher maps
+    them; also settles inference.vllm's tp and dp in ``cfg``."""
     num_train = _int(deployment.setdefault("num_train_gpus", 1), "deployment.num_train_gpus")
     num_infer = _int(deployment.setdefault("num_infer_gpus", 1), "deployment.num_infer_gpus")
     per_node = _int(
@@ -663,33 +736,73 @@ def resolve_current(cfg: dict[str, Any]) -> Plan:
         dp = num_infer // tp
     set_nested(cfg, ["inference", "vllm", "tensor_parallel_size"], tp)
     set_nested(cfg, ["inference", "vllm", "data_parallel_size"], dp)
+    return {
+        "inference_gpus": list(range(num_infer)),
+        "trainer_gpus": list(range(num_infer, num_infer + num_train)),
+        "tp": tp,
+        "dp": dp,
+        "gpus_per_node": per_node,
+    }
 
-    output_dir = _output_dir(cfg)
+
+def _multi_node(cfg: dict[str, Any], deployment: dict[str, Any]) -> MultiNode:
+    """A multi-node deployment as prime-rl's RLConfig validates it: only under SLURM (a
+    ``[slurm]`` table or any ``--slurm.*`` flag), node counts required."""
+    if not isinstance(cfg.get("slurm"), dict):
+        raise UsageError("Must use SLURM for multi-node deployment.")
+    for key in ("num_train_nodes", "num_infer_nodes"):
+        if key not in deployment:
+            raise UsageError(f"deployment.{key}: Field required")
+    per_node = _int(
+        deployment.setdefault("gpus_per_node", DEFAULT_GPUS_PER_NODE), "deployment.gpus_per_node"
+    )
+    tp = get_nested(cfg, "inference.vllm.tensor_parallel_size")
+    if tp is None:  # prime-rl's own multi-node examples set [inference.parallel] tp
+        tp = get_nested(cfg, "inference.parallel.tp", 1)
+    tp = _int(tp, "inference.vllm.tensor_parallel_size")
+    set_nested(cfg, ["inference", "vllm", "tensor_parallel_size"], tp)
+    if per_node % tp:
+        raise UsageError(
+            f"deployment.gpus_per_node ({per_node}) must be divisible by the tensor parallel "
+            f"size ({tp}): every inference node runs gpus_per_node / tp engines"
+        )
+    broadcast = get_nested(cfg, "weight_broadcast.type", "filesystem")
+    if broadcast not in WEIGHT_BROADCAST_TYPES:
+        raise UsageError(f"weight_broadcast.type must be one of {WEIGHT_BROADCAST_TYPES}, "
+                         f"got {broadcast!r}")
+    return MultiNode(
+        train_nodes=_int(deployment["num_train_nodes"], "deployment.num_train_nodes"),
+        infer_nodes=_int(deployment["num_infer_nodes"], "deployment.num_infer_nodes"),
+        gpus_per_node=per_node,
+        tp=tp,
+        weight_broadcast=broadcast,
+        job_name=_optional_str(get_nested(cfg, "slurm.job_name")),
+    )
+
+
+def _node_split(nodes: MultiNode) -> dict[str, Any]:
+    """Per node: every trainer node's GPUs train, every inference node's serve."""
+    gpus = list(range(nodes.gpus_per_node))
+    return {
+        "inference_gpus": gpus,
+        "trainer_gpus": gpus,
+        "tp": nodes.tp,
+        "dp": nodes.gpus_per_node // nodes.tp,
+        "gpus_per_node": nodes.gpus_per_node,
+    }
+
+
+def _run_name(cfg: dict[str, Any]) -> str:
     run_name = get_nested(cfg, "run.name")
     if run_name is None or run_name == "":
         run_name = _auto_run_name(cfg)
-        set_nested(cfg, ["run", "name"], run_name)
     if isinstance(run_name, bool) or not isinstance(run_name, str | int):
         raise UsageError(f"run.name must be a single name, got {run_name!r}")
     run_name = str(run_name)
     set_nested(cfg, ["run", "name"], run_name)
     if "/" in run_name or run_name in (".", ".."):
         raise UsageError(f"run.name must be a plain directory name, got {run_name!r}")
-    return Plan(
-        dialect="current",
-        config=cfg,
-        run_dir=output_dir / run_name,
-        run_name=run_name,
-        inference_gpus=list(range(num_infer)),
-        trainer_gpus=list(range(num_infer, num_infer + num_train)),
-        tp=tp,
-        dp=dp,
-        gpus_per_node=per_node,
-        wandb_project=_optional_str(get_nested(cfg, "monitors.wandb.project")),
-        wandb_name=_optional_str(get_nested(cfg, "monitors.wandb.name")),
-        **_common(cfg),
-        **_current_controls(cfg),
-    )
+    return run_name
 
 
 def resolve_2025_10(cfg: dict[str, Any]) -> Plan:
@@ -738,6 +851,127 @@ def sub_configs(plan: Plan) -> dict[str, dict[str, Any]]:
         own = cfg.get(section, {})
         files[section] = deep_merge(shared, own if isinstance(own, dict) else {})
     return files
+
+
+def node_configs(plan: Plan, resume_from: int) -> dict[str, dict[str, Any]]:
+    """The sub-configs a multi-node dry run writes as ``configs/<name>.toml``: what each
+    process of prime-rl's template reads, with the launcher's resolved values (output
+    directory, max steps, checkpoint interval, the resume step) filled in."""
+    files = sub_configs(plan)
+    ckpt = _table(plan.config, "ckpt")
+    ckpt.pop("resume_step", None)
+    if plan.ckpt_interval:
+        ckpt["interval"] = plan.ckpt_interval
+    if resume_from:
+        ckpt["resume_step"] = resume_from
+    resolved = {"output_dir": str(plan.run_dir.resolve()), "max_steps": plan.max_steps,
+                "ckpt": ckpt}
+    out = {name: {k: v for k, v in files[name].items() if k not in ("slurm", "run", "ckpt")}
+           for name in SECTIONS}
+    for name in ("trainer", "orchestrator"):
+        out[name].update(resolved)
+    assert plan.multi_node is not None
+    out["orchestrator"]["weight_broadcast"] = {
+        **_table(plan.config, "weight_broadcast"), "type": plan.multi_node.weight_broadcast,
+    }
+    # as prime-rl's write_subconfigs: the vLLM server gets no launcher-only keys
+    out["inference"].pop("output_dir", None)
+    return out
+
+
+def _table(cfg: dict[str, Any], key: str) -> dict[str, Any]:
+    """A copy of ``cfg[key]`` when it is a table, else an empty one."""
+    value = cfg.get(key)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def write_node_configs(plan: Plan, resume_from: int) -> Path:
+    config_dir = plan.run_dir / "configs"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in node_configs(plan, resume_from).items():
+        (config_dir / f"{name}.toml").write_text(toml_dumps(data), encoding="utf-8")
+    return config_dir
+
+
+def toml_dumps(data: dict[str, Any]) -> str:
+    """TOML text of ``data`` (nested tables as [headers], lists and tables inside lists
+    inline, None left out as TOML has no null); stdlib has a TOML reader only."""
+    lines: list[str] = []
+    _toml_table(data, [], lines)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_table(table: dict[str, Any], path: list[str], lines: list[str]) -> None:
+    values = {k: v for k, v in table.items() if v is not None and not isinstance(v, dict)}
+    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    if path and (values or not tables):
+        lines.append(f"[{'.'.join(map(_toml_key, path))}]")
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items()]
+    for key, sub in tables.items():
+        _toml_table(sub, [*path, key], lines)
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # Python's inf and nan are TOML's too
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value if v is not None) + "]"
+    if isinstance(value, dict):
+        items = (f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{" + ", ".join(items) + "}"
+    # a JSON string is a TOML basic string, but for DEL, which TOML wants escaped
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def render_job_script(plan: Plan, config_dir: Path) -> str:
+    """A stand-in for the job script prime-rl renders from multi_node_rl.sbatch.j2: the
+    same variables, no commands (nothing ever submits it)."""
+    nodes = plan.multi_node
+    assert nodes is not None
+    run_dir = plan.run_dir.resolve()
+    return "\n".join([
+        "#!/bin/bash",
+        "# Rendered by the fake prime-rl from its stand-in for multi_node_rl.sbatch.j2.",
+        f"#SBATCH --job-name={nodes.job_name or plan.run_name}",
+        f"#SBATCH --nodes={nodes.train_nodes + nodes.infer_nodes}",
+        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --gres=gpu:{nodes.gpus_per_node}",
+        f"#SBATCH --output={run_dir}/job_%j.log",
+        f"export NUM_TRAIN_NODES={nodes.train_nodes}",
+        f"export NUM_INFER_NODES={nodes.infer_nodes}",
+        f"export GPUS_PER_NODE={nodes.gpus_per_node}",
+        f"export INFERENCE_TP={nodes.tp}",
+        f"export ROUTER_PORT={ROUTER_PORT}",
+        f"export BACKEND_PORT={BACKEND_PORT}",
+        f"export MASTER_PORT={MASTER_PORT}",
+        f"export USE_NCCL_BROADCAST={int(nodes.weight_broadcast == 'nccl')}",
+        f"export CONFIG_DIR={config_dir.resolve()}",
+        f"export OUTPUT_DIR={run_dir}",
+        "",
+    ])
+
+
+def multi_node_dry_run(plan: Plan) -> int:
+    """What prime-rl's rl_slurm does with --dry-run: write the sub-configs and the job
+    script, say how to submit it, start nothing."""
+    resume_from = resume_point(plan)
+    if resume_from:
+        say(f"Resuming from checkpoint step {resume_from}")
+    config_dir = write_node_configs(plan, resume_from)
+    say(f"Wrote subconfigs to {config_dir.resolve()}")
+    script = plan.run_dir / "rl.sbatch"
+    script.write_text(render_job_script(plan, config_dir), encoding="utf-8")
+    say(f"Wrote SLURM script to {script.resolve()}")
+    say("Dry run complete. To submit manually:")
+    say("")
+    say(f"  sbatch {script.resolve()}")
+    return 0
 
 
 # --------------------------------------------------------------------------- env
@@ -964,11 +1198,17 @@ def prepare_run_dir(plan: Plan) -> int:
         _prepare_current(plan)
     elif plan.clean:
         _clean_legacy(plan)
+    return resume_point(plan)
+
+
+def resume_point(plan: Plan) -> int:
+    """The step a launch resumes from (0: none): ``--resume.step N`` as named, bare
+    ``--resume`` the highest step folder, complete or not, as prime-rl picks it."""
     if not plan.resume:
         return 0
     if plan.resume_step is not None:
         return plan.resume_step  # loaded as named, complete or not (see Launcher)
-    # Bare --resume: the highest step folder, complete or not, as prime-rl picks it.
+    run_dir = plan.run_dir
     checkpoints = numbered_dirs(run_dir / "checkpoints", STEP_DIR_RE)
     if not checkpoints:
         warn(
@@ -1108,6 +1348,97 @@ class StepMetrics:
             seq_len=round(120 + rng.uniform(-20, 20), 1),
             requests=64 + rng.randrange(8),
         )
+
+
+def append_metrics(run_dir: Path, m: StepMetrics, lr: float) -> None:
+    row = {
+        "step": m.step,
+        "time": time.time(),
+        "reward/mean": m.reward,
+        "reward/std": m.reward_std,
+        "loss": m.loss,
+        "grad_norm": m.grad_norm,
+        "entropy": m.entropy,
+        "seq_len/mean": m.seq_len,
+        "lr": lr,
+    }
+    with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def cuda_traceback() -> list[str]:
+    """What the trainer prints when a step dies on the GPU."""
+    return [
+        "Traceback (most recent call last):",
+        '  File "/app/src/prime_rl/trainer/rl/train.py", line 412, in train',
+        "    loss.backward()",
+        f'  File "{VENV}/torch/_tensor.py", line 626, in backward',
+        "    torch.autograd.backward(",
+        f'  File "{VENV}/torch/autograd/__init__.py", line 347, in backward',
+        "    _engine_run_backward(",
+        CUDA_ERROR,
+    ]
+
+
+def dcp_load_traceback(missing: Path, rank: int = 0) -> list[str]:
+    """A torch DCP load that finds ``missing`` absent: the step's ``.metadata`` (read first,
+    by every rank) or one rank's shard (read after the load plan)."""
+    dcp = f"{VENV}/torch/distributed/checkpoint"
+    if missing.name == DCP_METADATA:
+        failed = [
+            f'  File "{dcp}/utils.py", line 171, in reduce_scatter',
+            "    local_data = map_fun()",
+            f'  File "{dcp}/state_dict_loader.py", line 161, in local_step',
+            "    metadata = storage_reader.read_metadata()",
+            f'  File "{dcp}/filesystem.py", line 693, in read_metadata',
+            '    with self.fs.create_stream(path, "rb") as metadata_file:',
+        ]
+    else:
+        failed = [
+            f'  File "{dcp}/utils.py", line 226, in all_gather',
+            "    result = map_fun()",
+            f'  File "{dcp}/state_dict_loader.py", line 189, in read_data',
+            "    all_reads = storage_reader.read_data(final_local_plan, planner)",
+            f'  File "{dcp}/filesystem.py", line 652, in read_data',
+            '    with self.fs.create_stream(new_path, "rb") as stream:',
+        ]
+    return [
+        "Traceback (most recent call last):",
+        '  File "/app/src/prime_rl/trainer/rl/train.py", line 168, in train',
+        "    ckpt_manager.load(model, [optimizer], scheduler, progress, step=resume_step)",
+        '  File "/app/src/prime_rl/trainer/ckpt.py", line 131, in load',
+        "    dcp.load(state_dict, checkpoint_id=ckpt_path)",
+        f'  File "{dcp}/state_dict_loader.py", line 176, in _load_state_dict',
+        '    central_plan: LoadPlan = distW.reduce_scatter("plan", local_step, global_step)',
+        f'  File "{dcp}/utils.py", line 198, in reduce_scatter',
+        "    raise final_result",
+        "torch.distributed.checkpoint.api.CheckpointException: "
+        f"CheckpointException ranks:dict_keys([{rank}])",
+        f"Traceback (most recent call last): (RANK {rank})",
+        *failed,
+        f"FileNotFoundError: [Errno 2] No such file or directory: '{missing}'",
+    ]
+
+
+def missing_env_traceback(orchestrator: dict[str, Any]) -> list[str]:
+    """The orchestrator's failure to import its first environment (``env`` or
+    ``train.env`` list or, in 2025-10, ``environment``)."""
+    envs = orchestrator.get("env") or get_nested(orchestrator, "train.env")
+    if isinstance(envs, list) and envs and isinstance(envs[0], dict):
+        env_id = str(envs[0].get("id") or envs[0].get("name") or "environment")
+    else:
+        env_id = str(get_nested(orchestrator, "environment.id", "environment"))
+    module = env_id.replace("-", "_")
+    return [
+        "Traceback (most recent call last):",
+        '  File "/app/src/prime_rl/orchestrator/orchestrator.py", line 95, in orchestrate',
+        "    env = load_environment(config.env)",
+        f'  File "{VENV}/verifiers/utils/env_utils.py", line 23, in load_environment',
+        "    module = importlib.import_module(module_name)",
+        '  File "/usr/lib/python3.12/importlib/__init__.py", line 90, in import_module',
+        "    return _bootstrap._gcd_import(name[level:], package, level)",
+        f"ModuleNotFoundError: No module named '{module}'",
+    ]
 
 
 class Launcher:
@@ -1258,64 +1589,19 @@ class Launcher:
 
     def _fail(self, step: int) -> int:
         self._logs().write("trainer", f"[trainer] step {step}: error during backward pass")
-        traceback = [
-            "Traceback (most recent call last):",
-            '  File "/app/src/prime_rl/trainer/rl/train.py", line 412, in train',
-            "    loss.backward()",
-            f'  File "{VENV}/torch/_tensor.py", line 626, in backward',
-            "    torch.autograd.backward(",
-            f'  File "{VENV}/torch/autograd/__init__.py", line 347, in backward',
-            "    _engine_run_backward(",
-            CUDA_ERROR,
-        ]
-        return self._component_failed("trainer", traceback, f"at step {step}")
+        return self._component_failed("trainer", cuda_traceback(), f"at step {step}")
 
     def _fail_checkpoint_load(self, step: int) -> int:
         """A torch DCP load of a step folder without ``.metadata``, as the trainer hits it."""
         metadata = self._trainer_ckpt_dir(step).resolve() / DCP_METADATA
-        dcp = f"{VENV}/torch/distributed/checkpoint"
-        traceback = [
-            "Traceback (most recent call last):",
-            '  File "/app/src/prime_rl/trainer/rl/train.py", line 168, in train',
-            "    ckpt_manager.load(model, [optimizer], scheduler, progress, step=resume_step)",
-            '  File "/app/src/prime_rl/trainer/ckpt.py", line 131, in load',
-            "    dcp.load(state_dict, checkpoint_id=ckpt_path)",
-            f'  File "{dcp}/state_dict_loader.py", line 176, in _load_state_dict',
-            '    central_plan: LoadPlan = distW.reduce_scatter("plan", local_step, global_step)',
-            f'  File "{dcp}/utils.py", line 198, in reduce_scatter',
-            "    raise final_result",
-            "torch.distributed.checkpoint.api.CheckpointException: "
-            "CheckpointException ranks:dict_keys([0])",
-            "Traceback (most recent call last): (RANK 0)",
-            f'  File "{dcp}/utils.py", line 171, in reduce_scatter',
-            "    local_data = map_fun()",
-            f'  File "{dcp}/state_dict_loader.py", line 161, in local_step',
-            "    metadata = storage_reader.read_metadata()",
-            f'  File "{dcp}/filesystem.py", line 693, in read_metadata',
-            '    with self.fs.create_stream(path, "rb") as metadata_file:',
-            f"FileNotFoundError: [Errno 2] No such file or directory: '{metadata}'",
-        ]
         self._logs().write("trainer", f"[trainer] loading checkpoint for step {step}")
-        return self._component_failed("trainer", traceback, f"while loading checkpoint step {step}")
+        return self._component_failed("trainer", dcp_load_traceback(metadata),
+                                      f"while loading checkpoint step {step}")
 
     def _fail_startup(self) -> int:
         """The orchestrator dies before the first step, e.g. its environment is not installed."""
-        envs = get_nested(self.plan.config, "orchestrator.env")
-        if isinstance(envs, list) and envs and isinstance(envs[0], dict):
-            env_id = str(envs[0].get("id", "environment"))
-        else:
-            env_id = str(get_nested(self.plan.config, "orchestrator.environment.id", "environment"))
-        module = env_id.replace("-", "_")
-        traceback = [
-            "Traceback (most recent call last):",
-            '  File "/app/src/prime_rl/orchestrator/orchestrator.py", line 95, in orchestrate',
-            "    env = load_environment(config.env)",
-            f'  File "{VENV}/verifiers/utils/env_utils.py", line 23, in load_environment',
-            "    module = importlib.import_module(module_name)",
-            '  File "/usr/lib/python3.12/importlib/__init__.py", line 90, in import_module',
-            "    return _bootstrap._gcd_import(name[level:], package, level)",
-            f"ModuleNotFoundError: No module named '{module}'",
-        ]
+        orchestrator = get_nested(self.plan.config, "orchestrator", {})
+        traceback = missing_env_traceback(orchestrator if isinstance(orchestrator, dict) else {})
         when = f"before step {self.resume_from + 1}"
         return self._component_failed("orchestrator", traceback, when)
 
@@ -1426,19 +1712,7 @@ class Launcher:
         )
 
     def _append_metrics(self, m: StepMetrics) -> None:
-        row = {
-            "step": m.step,
-            "time": time.time(),
-            "reward/mean": m.reward,
-            "reward/std": m.reward_std,
-            "loss": m.loss,
-            "grad_norm": m.grad_norm,
-            "entropy": m.entropy,
-            "seq_len/mean": m.seq_len,
-            "lr": self.plan.lr,
-        }
-        with (self.plan.run_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_metrics(self.plan.run_dir, m, self.plan.lr)
 
     def _trainer_ckpt_dir(self, step: int) -> Path:
         return self.plan.run_dir / "checkpoints" / f"step_{step}" / "trainer"
@@ -1499,6 +1773,12 @@ def main(argv: Sequence[str]) -> int:
         return 1
     if plan.dialect == "current":
         os.environ["PRL_RUN_NAME"] = plan.run_name
+    if plan.multi_node and plan.dry_run:
+        return multi_node_dry_run(plan)
+    if plan.multi_node:
+        warn("ERROR: sbatch failed: the fake prime-rl cannot submit a SLURM job; "
+             "run the multi-node roles yourself (tests/fake_prime_rl/bin)")
+        return 1
     if plan.dry_run:
         config_dir = write_configs(plan)
         say(f"Dry run OK: wrote resolved configs to {config_dir.resolve()}")
