@@ -18,7 +18,9 @@ copy of that volume (changes reach ``fake.volume_path(name)``, the committed sta
 commit or a clean exit: see volumes.py), ``fake.mount_env`` names env vars set to such copies, and
 ``FAKE_MODAL_ROOT`` is the directory standing in for the container's ``/`` (local dirs and python
 sources added to the image are written there). Signals, kills, retries and cancellation follow
-Modal (see executor.py); every process of a container dies with it (containers.py). Pin
+Modal (see executor.py); every process of a container dies with it (containers.py). A clustered
+function (``@modal.clustered(size=N)``) runs each attempt as N containers that start and end
+together, each with its rank and a loopback address of its own (clusters.py, attempt.py). Pin
 modal==1.6.4: the protocol is internal to Modal and this fake was written against that client.
 """
 

@@ -8,6 +8,11 @@ imports the standard library and ``modal``: never the fake server.
 As Modal's container entrypoint does for a synchronous function, SIGUSR1 (an input cancelled
 without terminating its container) raises ``modal.exception.InputCancellation`` in the main
 thread while the input runs; the input then ends with a cancelled (TERMINATED) output.
+
+A container of a clustered function joins its cluster before the input runs, as Modal's
+entrypoint does, with modal's own ``_initialize_clustered_function``: it resolves
+``i6pn.modal.local`` (answered here with the container's address from the spec) and says
+``TaskClusterHello``; ``modal.Cluster.from_context()`` then works in the function.
 """
 
 from __future__ import annotations
@@ -50,6 +55,24 @@ def _client() -> Any:
     return synchronizer._translate_in(modal.Client.from_env())
 
 
+def _join_cluster(spec: dict[str, Any]) -> None:
+    import socket
+
+    import modal
+    import modal._cluster
+
+    i6pn, resolve = spec["i6pn"], socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        # the container's own name on Modal's private network; every other name as usual
+        if host == "i6pn.modal.local":
+            return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (i6pn, 0, 0, 0))]
+        return resolve(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+    modal._cluster.initialize_clustered_function(modal.Client.from_env(), spec["task_id"])
+
+
 def _cancel_input(signum: int, frame: FrameType | None) -> None:
     from modal.exception import InputCancellation
 
@@ -81,7 +104,10 @@ def main(spec_path: str) -> None:
 
         _set_current_context_ids([f"in-{spec['task_id']}"],
                                  [os.environ.get("MODAL_FUNCTION_CALL_ID", "")], [""])
-        value = _load_function(spec)(*args, **kwargs)
+        function = _load_function(spec)
+        if spec["clustered"]:
+            _join_cluster(spec)
+        value = function(*args, **kwargs)
         if inspect.isawaitable(value):
             value = asyncio.run(value)  # type: ignore[arg-type]
         result = {"status": "success", "data": serialize_data_format(value, data_format)}

@@ -29,9 +29,9 @@ TASK_MARKER = "FAKE_MODAL_TASK_ID"
 KILL_DEADLINE_S = 10.0
 
 
-def marked_pids(task_id: str) -> list[int]:
-    """Live processes whose environment carries the marker of ``task_id``."""
-    marker = f"{TASK_MARKER}={task_id}".encode()
+def marked_pids(*task_ids: str) -> list[int]:
+    """Live processes whose environment carries the marker of one of ``task_ids``."""
+    markers = {f"{TASK_MARKER}={task_id}".encode() for task_id in task_ids}
     pids = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -41,7 +41,7 @@ def marked_pids(task_id: str) -> list[int]:
                 environ = f.read()  # empty for a zombie: it is dead already
         except OSError:  # gone, or another user's
             continue
-        if marker in environ.split(b"\0"):
+        if not markers.isdisjoint(environ.split(b"\0")):
             pids.append(int(name))
     return pids
 
@@ -159,6 +159,7 @@ def container_env(
             # which container a VolumeCommit or VolumeReload comes from.
             "MODAL_OVERRIDE_HEADERS": f"{TASK_HEADER}:{task_id}",
             "MODAL_IS_REMOTE": "1",
+            "MODAL_CLOUD_PROVIDER": _cloud_provider(definition.cloud_provider_str),
             "MODAL_TASK_ID": task_id,
             "MODAL_IMAGE_ID": definition.image_id,
             "MODAL_FUNCTION_CALL_ID": call_id,
@@ -170,6 +171,13 @@ def container_env(
     env.pop("MODAL_TOKEN_ID", None)
     env.pop("MODAL_TOKEN_SECRET", None)
     return env
+
+
+def _cloud_provider(cloud: str) -> str:
+    """``MODAL_CLOUD_PROVIDER``, set in every Modal container (``CLOUD_PROVIDER_AWS``, ...):
+    the cloud asked for, or AWS when Modal picks."""
+    known = cloud.upper() in ("AWS", "GCP", "OCI")
+    return f"CLOUD_PROVIDER_{cloud.upper() if known else 'AWS'}"
 
 
 def _materialize_mounts(fake: FakeModal, function_id: str) -> Path:

@@ -23,6 +23,7 @@ import grpclib.server
 
 from .billing_rpcs import DEFAULT_RATES
 from .blobs import BlobServer, ContentStore
+from .containers import marked_pids
 from .executor import FINAL_STATUSES, Executor
 
 T = TypeVar("T")
@@ -116,6 +117,7 @@ class FakeModal:
         self.mounts: dict[str, dict[str, Any]] = {}
         self.volumes: dict[str, dict[str, Any]] = {}
         self.calls: dict[str, dict[str, Any]] = {}
+        self.clusters: dict[str, dict[str, Any]] = {}  # by cluster id, see clusters.py
         self.commits: list[tuple[str, float]] = []  # every VolumeCommit: (volume, time)
         self.logs: dict[str, list[LogEntry]] = {}
         self.max_concurrent_calls = 0
@@ -240,13 +242,21 @@ class FakeModal:
         """
         self._pending_preemptions = [seconds] * times
 
-    def preempt(self, call_id: str) -> None:
-        """Preempt the running attempt of `call_id` now, as `preempt_after` would."""
+    def preempt(self, call_id: str, rank: int = 0) -> None:
+        """Preempt the running attempt of `call_id` now, as `preempt_after` would. For a
+        clustered function, preempting the container of any rank preempts the whole cluster:
+        every container gets SIGINT, and the input restarts as a new cluster."""
 
         async def preempt_on_loop() -> None:
-            self.executor.preempt(call_id)
+            self.executor.preempt(call_id, rank)
 
         self._run(preempt_on_loop())
+
+    def kill_container(self, call_id: str, rank: int = 0) -> None:
+        """Kill the container of `rank` of the running attempt of `call_id` (SIGKILL to all its
+        processes), as a crash or a lost node would: the attempt fails (its other containers are
+        ended) and is retried per the retry policy."""
+        self._run(self.executor.kill_container(call_id, rank))
 
     # -------------------------------------------------------------- waiting
 
@@ -271,6 +281,20 @@ class FakeModal:
         return self.apps[app_id]
 
     # ----------------------------------------------------- helpers for tests
+
+    def live_containers(self, call_id: str) -> list[dict[str, Any]]:
+        """The running containers of a call by rank: rank, task_id, pid (of its main process),
+        ipv4 (its cluster address, None unless clustered), started (of its attempt)."""
+
+        async def on_loop() -> list[dict[str, Any]]:
+            return self.executor.live_containers(call_id=call_id)
+
+        return self._run(on_loop())
+
+    def leftover_pids(self, call_id: str) -> list[int]:
+        """Processes still alive of any container any attempt of the call ever had."""
+        tasks = [task for attempt in self.calls[call_id]["attempts"] for task in attempt["tasks"]]
+        return marked_pids(*tasks)
 
     def volume_path(self, name: str) -> Path:
         """Local directory holding the committed state of volume `name` (containers work on

@@ -26,7 +26,6 @@ class FunctionRpcs(ServicerBase):
         base_function_id: str | None = None,
     ) -> None:
         fake = self.fake
-        fake._function_defs[function_id] = definition
         volumes = {m.mount_path: self._volume_name(m.volume_id) for m in definition.volume_mounts}
         secret_names: list[str] = []
         inline_env: dict[str, str] = {}
@@ -46,6 +45,16 @@ class FunctionRpcs(ServicerBase):
             if autoscaler.HasField("max_containers")
             else definition.concurrency_limit or None
         )
+        cluster_size = definition._experimental_group_size or None
+        if cluster_size and max_containers and max_containers % cluster_size:
+            # Modal counts a cluster's every container; the client checks this only for the
+            # definition, not for `with_options`
+            raise GRPCError(
+                Status.INVALID_ARGUMENT,
+                f"`max_containers` ({max_containers}) must be a multiple of the cluster size "
+                f"({cluster_size}) for clustered Functions",
+            )
+        fake._function_defs[function_id] = definition
         fake.functions[function_id] = {
             "function_id": function_id,
             "app_id": app_id,
@@ -74,7 +83,9 @@ class FunctionRpcs(ServicerBase):
             "region": list(definition.scheduler_placement.regions) or None,
             "cloud": definition.cloud_provider_str or None,
             "nonpreemptible": definition.scheduler_placement.nonpreemptible,
-            "max_containers": max_containers,
+            "max_containers": max_containers,  # containers: a cluster of N takes N
+            "cluster_size": cluster_size,
+            "rdma": definition.resources.rdma,
             "serialized": bool(definition.function_serialized),
             "created_at": time.time(),
         }
@@ -136,13 +147,13 @@ class FunctionRpcs(ServicerBase):
         function_id = self.fake._bound_variants.get(key)
         if function_id is None:
             function_id = new_id("fu")
-            self.fake._bound_variants[key] = function_id
             definition = _apply_options(
                 self.fake.function_defs(request.function_id), request.function_options
             )
             self._register_function(
                 function_id, base["app_id"], definition, [definition], request.function_id
             )
+            self.fake._bound_variants[key] = function_id
         metadata = api_pb2.FunctionHandleMetadata()
         metadata.CopyFrom(self.fake._function_meta[request.function_id])
         metadata.base_function_id = request.function_id

@@ -1,4 +1,5 @@
-"""What passes between the executor and ``_runner.py``: a spec file in, a pickled output out."""
+"""What passes between the executor and ``_runner.py``: the input and a spec file per container in,
+a pickled output per container out."""
 
 from __future__ import annotations
 
@@ -16,33 +17,45 @@ NO_RESULT = "no result"  # the process ended without writing one: a failure
 Result = api_pb2.GenericResult
 
 
-def write_spec(
-    workdir: Path, definition: Any, args: bytes, data_format: int, task_id: str
-) -> dict[str, Any]:
-    """Write the input, the function (if serialized) and ``spec.json`` into ``workdir``."""
+def write_input(workdir: Path, definition: Any, args: bytes, data_format: int) -> dict[str, Any]:
+    """Write an attempt's input and function (if serialized) into ``workdir``: what the specs
+    of all its containers share."""
     (workdir / "input.bin").write_bytes(args)
     serialized_path = ""
     if definition.function_serialized:
         serialized_path = str(workdir / "function.pkl")
         Path(serialized_path).write_bytes(definition.function_serialized)
-    spec = {
+    return {
         "module_name": definition.module_name,
         "function_name": definition.implementation_name or definition.function_name,
         "serialized_path": serialized_path,
         "input_path": str(workdir / "input.bin"),
-        "output_path": str(workdir / "output.pkl"),
         "data_format": data_format,
-        "task_id": task_id,
     }
-    (workdir / "spec.json").write_text(json.dumps(spec, indent=2))
-    return spec
+
+
+def write_spec(
+    workdir: Path, shared: dict[str, Any], rank: int, task_id: str, i6pn: str | None
+) -> tuple[Path, dict[str, Any]]:
+    """Write ``spec-<rank>.json``, what one container of the attempt runs; ``i6pn`` (its
+    address) only for a clustered function, whose containers say hello to their cluster."""
+    spec = shared | {
+        "output_path": str(workdir / f"output-{rank}.pkl"),
+        "task_id": task_id,
+        "clustered": i6pn is not None,
+        "i6pn": i6pn or "",
+    }
+    path = workdir / f"spec-{rank}.json"
+    path.write_text(json.dumps(spec, indent=2))
+    return path, spec
 
 
 def read_output(
-    spec: dict[str, Any], data_format: int, returncode: int | None, put_blob: Callable[[bytes], str]
+    spec: dict[str, Any], returncode: int | None, put_blob: Callable[[bytes], str]
 ) -> tuple[str, Any]:
-    """How the attempt's function ended ("success", "failure", "cancelled" or `NO_RESULT`)
+    """How one container's function ended ("success", "failure", "cancelled" or `NO_RESULT`)
     and its result."""
+    data_format = spec["data_format"]
     path = Path(spec["output_path"])
     if not path.exists():
         message = (

@@ -1,10 +1,11 @@
 """The gRPC servicer: answers the RPCs of the real modal 1.6.4 client and records what it asked.
 
 Apps, images, mounts, blobs and secrets are answered here; logs in log_rpcs.py, volumes in
-volume_rpcs.py, functions and calls in function_rpcs.py, billing in billing_rpcs.py. Every RPC of
-``modal_proto.api_grpc.ModalClientBase`` that none of them implements fails with
-``UNIMPLEMENTED`` naming the method, and is recorded in ``FakeModal.unimplemented`` and
-``FakeModal.errors`` (which fail the test, see fixture.py), so gaps show up at once.
+volume_rpcs.py, functions and calls in function_rpcs.py, clusters in clusters.py, billing in
+billing_rpcs.py. Every RPC of ``modal_proto.api_grpc.ModalClientBase`` that none of them
+implements fails with ``UNIMPLEMENTED`` naming the method, and is recorded in
+``FakeModal.unimplemented`` and ``FakeModal.errors`` (which fail the test, see fixture.py), so
+gaps show up at once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from modal_proto import api_pb2
 from modal_proto.api_grpc import ModalClientBase
 
 from .billing_rpcs import BillingRpcs
+from .clusters import ClusterRpcs
 from .fake import new_id, stable_id
 from .function_rpcs import FunctionRpcs
 from .log_rpcs import LogRpcs
@@ -52,7 +54,9 @@ def state_value(name: str) -> Any:
     return api_pb2.AppState.Value("APP_STATE_" + name.upper())
 
 
-class FakeModalServicer(LogRpcs, VolumeRpcs, FunctionRpcs, BillingRpcs, ModalClientBase):
+class FakeModalServicer(
+    LogRpcs, VolumeRpcs, FunctionRpcs, ClusterRpcs, BillingRpcs, ModalClientBase
+):
     # ------------------------------------------------------- client, env
 
     @unary
@@ -179,18 +183,16 @@ class FakeModalServicer(LogRpcs, VolumeRpcs, FunctionRpcs, BillingRpcs, ModalCli
 
     @unary
     async def TaskList(self, request: api_pb2.TaskListRequest) -> api_pb2.TaskListResponse:
-        """Running containers: one per running attempt."""
+        """Running containers: one per running attempt, N for a cluster of N."""
         tasks = [
             api_pb2.TaskStats(
-                task_id=attempt["task_id"],
-                app_id=runtime.app_id,
-                app_description=self.fake.apps[runtime.app_id]["description"],
-                started_at=attempt["started"],
-                enqueued_at=self.fake.calls[runtime.call_id]["created_at"],
+                task_id=live["task_id"],
+                app_id=live["app_id"],
+                app_description=self.fake.apps[live["app_id"]]["description"],
+                started_at=live["started"],
+                enqueued_at=self.fake.calls[live["call_id"]]["created_at"],
             )
-            for runtime in self.fake.executor.runtimes.values()
-            if runtime.container is not None and request.app_id in ("", runtime.app_id)
-            for attempt in self.fake.calls[runtime.call_id]["attempts"][-1:]
+            for live in self.fake.executor.live_containers(app_id=request.app_id)
         ]
         return api_pb2.TaskListResponse(tasks=tasks)
 
