@@ -164,3 +164,26 @@ def test_prm_stop_stops_every_node(prm, cluster_env, tmp_path):
     assert cluster_env.leftover_pids(call_id) == []
     rec = finished(cluster_env, run_id)
     assert rec.status == "STOPPED", rec.note
+
+
+def test_a_failing_node_ends_the_whole_cluster_and_the_retry_resumes(prm, cluster_env,
+                                                                     tmp_path):
+    """The second trainer node fails at step 5 on every attempt: each time every node
+    ends (no half-cluster left), the retry starts a new cluster from the checkpoint of
+    step 4, and once the retries are spent the run is FAILED, saying which node failed."""
+    cluster_env.extra_env.update({"FAKE_RL_FAIL_AT_STEP": "5", "FAKE_RL_FAIL_NODE_RANK": "1",
+                                  "FAKE_RL_CONNECT_TIMEOUT_SECONDS": "20"})
+    profile = _profile(tmp_path, nodes=3, ratio=0.67, max_steps=8)
+    profile.write_text(profile.read_text().replace("retries = 2", "retries = 1"))
+    run_id = launched(prm, str(profile))
+    call_id = _call_id(run_id)
+    rec = finished(cluster_env, run_id)
+    assert rec.status == "FAILED"
+    # node 0's trainer failed with it (its peer left the collective): the note names both
+    assert rec.note and "node1: trainer failed, exit code 1" in rec.note, rec.note
+    attempts = cluster_env.calls[call_id]["attempts"]
+    assert len(attempts) == 2 and len({a["cluster_id"] for a in attempts}) == 2
+    status = prm("show", run_id, "--json").json()["status"]
+    assert [a.get("resumed_from") for a in status["attempts"]] == [None, 4]
+    assert cluster_env.live_containers(call_id) == []
+    assert cluster_env.leftover_pids(call_id) == []

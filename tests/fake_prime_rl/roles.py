@@ -254,18 +254,16 @@ class RoleLog:
             self.file = open(path, "a", buffering=1, encoding="utf-8")
 
     def info(self, message: str) -> None:
-        line = f"[{self.tag}] {message}"
-        rl.say(line)
-        self._file(line)
+        # a process's own lines carry no component tag: the node supervisor adds it
+        rl.say(message)
+        self._file(f"[{self.tag}] {message}")
 
     def error(self, message: str, traceback: Sequence[str] = ()) -> None:
         for line in traceback:
             rl.warn(line)
             self._file(line, stamp=False)
-        line = f"ERROR: [{self.tag}] {message}"
-        rl.warn(line)
-        rl.say(line)
-        self._file(line)
+        rl.warn(f"ERROR: {message}")  # once: stdout and stderr reach one pipe
+        self._file(f"ERROR: [{self.tag}] {message}")
 
     def close(self) -> None:
         if self.file is not None:

@@ -116,6 +116,20 @@ class Node:
                 return self.ended_by
         return None
 
+    def peer_failures(self) -> list[PeerEnd]:
+        """The other nodes whose own processes failed too (waiting a few polls for their
+        announcements): the nodes of a cluster fail together, a lost peer breaking the
+        collectives, and which went first is not knowable from here."""
+        deadline = time.monotonic() + min(3 * self.poll_s, 6.0)
+        while True:
+            failed = [PeerEnd(rank, str(data["status"]), str(data.get("note", "")))
+                      for rank, data in sorted(self._ends().items())
+                      if rank != self.rank and data.get("status") in (st.FAILED, st.RECOVERING)
+                      and not (data.get("preempted") or data.get("caused_by_peer"))]
+            if failed or time.monotonic() > deadline:
+                return failed
+            time.sleep(min(self.poll_s, 0.5))
+
     # ------------------------------------------------------------ the meeting
 
     def _ends(self) -> dict[int, dict[str, Any]]:

@@ -59,6 +59,8 @@ class ClusterHooks(Protocol):
 
     def peer_end(self) -> PeerEnd | None: ...
 
+    def peer_failures(self) -> list[PeerEnd]: ...
+
 
 @dataclass(frozen=True)
 class RunnerOptions:
@@ -378,6 +380,9 @@ class Runner:
                                       "lines": lines}
         left = self.options.retries - failures
         note = f"{component} failed, exit code {code}"
+        cluster = self.options.cluster
+        if cluster is not None:  # which node (any other that failed with it: at the end)
+            note = f"node{cluster.rank}: {note}"
         if not progressed:
             note += " before its first step"
         if retry:
@@ -385,12 +390,15 @@ class Runner:
         elif self.options.retries:
             note += "; no retries left" if progressed or failures >= self.options.retries \
                 else f"; no retries left for failures before the first step ({startup_retries})"
+        if cluster is not None:
+            note += "".join(f"; also {p.note.split(';')[0]}" for p in cluster.peer_failures())
         return (st.RECOVERING if retry else st.FAILED), note, True
 
     def _after_peer(self, peer: PeerEnd, retry: bool) -> tuple[str, str, bool]:
         """This node was ended because another one ended: the cluster shares its fate (a
         finish, a stop, a preemption), and another node's failure is the cluster's."""
-        why = f"node{peer.rank}: {peer.note}"
+        why = peer.note if peer.note.startswith(f"node{peer.rank}:") else \
+            f"node{peer.rank}: {peer.note}"
         if peer.status in (st.SUCCEEDED, st.STOPPED):
             return peer.status, why, False
         if peer.preempted:
@@ -401,9 +409,12 @@ class Runner:
                 watch: Watch) -> None:
         self.state.data["progress"] = progress.summary
         self.state.data["exit_code"] = code
-        outcome, note, failed = self._outcome(code, sink, failures, watch.progressed)
+        # only rank 0 of a cluster sees the run's steps: the others do not judge progress
+        cluster = self.options.cluster
+        progressed = watch.progressed or (cluster is not None and cluster.rank > 0)
+        outcome, note, failed = self._outcome(code, sink, failures, progressed)
         sink.emit("runner", [f"{self.run_id}: {outcome} ({note})"])
-        self.state.end_attempt(outcome, code, failure=failed, progressed=watch.progressed,
+        self.state.end_attempt(outcome, code, failure=failed, progressed=progressed,
                                preempted=outcome == st.RECOVERING and not failed)
         if outcome in st.FINAL:
             self.state.data["ended_at"] = time.time()

@@ -21,7 +21,9 @@ from typing import TextIO
 from primerl_modal.core.status import FAILURE_LINES, bounded
 
 CHUNK = 1 << 16
-_ERROR = re.compile(r"Traceback|Error|Exception|FAILED|failed")
+_ERROR = re.compile(r"Traceback|Error|ERROR|Exception|FAILED|failed")
+# A cluster node's verdict on which of its processes failed (runner/node.py)
+_NODE_VERDICT = re.compile(r"(\S+) exited with code \d+")
 
 
 class Sink:
@@ -54,13 +56,17 @@ class Sink:
             if prefix != "runner" and any(_ERROR.search(line)
                                           for line in lines[-FAILURE_LINES:]):
                 self._last_error[prefix] = next(self._seq)
+            if prefix == "node":  # the node names the process that failed: it is to blame
+                for line in lines:
+                    if verdict := _NODE_VERDICT.match(line):
+                        self._last_error[verdict.group(1)] = next(self._seq)
 
     def failure(self) -> tuple[str, list[str]]:
         """The component that reported an error last (else the launcher), and its last
         lines (at most FAILURE_LINES, each cut to LINE_CHARS): what a FAILED status shows
         without opening any log."""
         with self._lock:
-            components = [c for c in self._last_error if c != "launcher"]
+            components = [c for c in self._last_error if c not in ("launcher", "node")]
             pick = max(components, key=self._last_error.__getitem__, default="launcher")
             return pick, list(self._tails.get(pick, ()))
 
