@@ -165,3 +165,19 @@ def test_a_clusters_checkpoint_is_complete_only_with_every_trainer_ranks_shard(t
     assert resume_from("current", tmp_path).step == 4  # one node: .metadata is enough
     resume = resume_from("current", tmp_path, shards=4)
     assert (resume.args, resume.skipped) == (("--resume.step", "2"), (4,))
+
+
+def test_rank_zero_guards_the_whole_cluster_and_each_node_samples_its_own_gpus():
+    from primerl_modal.runner.cluster import node_plan
+
+    plan = {"run_id": "r", "roles": _roles(), "guard": {"max_usd": 5.0, "stall": 600},
+            "gpu": {"count": 8, "nodes": 3, "trainer_gpu_ids": list(range(16)),
+                    "inference_gpu_ids": list(range(16, 24))},
+            "cost": {"per_hour_usd": 99.0}}
+    zero, two = node_plan(plan, 0), node_plan(plan, 2)
+    assert zero["guard"] == plan["guard"] and two["guard"] == {}  # budget: all nodes' cost
+    assert zero["cost"]["per_hour_usd"] == 99.0
+    assert (zero["gpu"]["trainer_gpu_ids"], zero["gpu"]["inference_gpu_ids"]) == (
+        list(range(8)), [])
+    assert (two["gpu"]["trainer_gpu_ids"], two["gpu"]["inference_gpu_ids"]) == (
+        [], list(range(8)))

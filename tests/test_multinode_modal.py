@@ -187,3 +187,26 @@ def test_a_failing_node_ends_the_whole_cluster_and_the_retry_resumes(prm, cluste
     assert [a.get("resumed_from") for a in status["attempts"]] == [None, 4]
     assert cluster_env.live_containers(call_id) == []
     assert cluster_env.leftover_pids(call_id) == []
+
+
+def test_a_sweep_of_clusters_runs_every_trial_as_a_cluster(prm, cluster_env, tmp_path):
+    cluster_env.extra_env["PRM_SWEEP_TICK"] = "0.2"
+    profile = _profile(tmp_path, nodes=2, ratio=0.5)
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(f'name = "mns"\nprofile = "{profile}"\nmethod = "list"\nmax_parallel = 2\n'
+                     + "".join(f"[[trials]]\nmax_steps = {n}\n" for n in (4, 6)))
+    r = prm("sweep", str(sweep))
+    assert r.code == 0, r.err
+    (sw,) = open_index().sweeps()
+    cluster_env.wait_call(sw.call_id, timeout=120)
+    rows = prm("sweep", "show", sw.sweep_id, "--json").json()
+    assert [r["status"] for r in rows] == ["SUCCEEDED"] * 2
+    (trial_fn,) = [f for f in cluster_env.functions.values() if f["function_name"] == "trial-0"]
+    definition = cluster_env.function_defs(trial_fn["function_id"])
+    # a cluster is that many containers: Modal counts (and limits) containers
+    assert definition._experimental_group_size == 2
+    assert cluster_env.function_max_containers(trial_fn["function_id"]) == 4
+    trial_calls = [c for c in cluster_env.calls.values()
+                   if c["function_id"] == trial_fn["function_id"]]
+    assert len(trial_calls) == 2
+    assert all(len(c["attempts"][-1]["tasks"]) == 2 for c in trial_calls)
