@@ -27,7 +27,8 @@ def logs(
         str | None,
         typer.Option("--component", "-c",
                      help="Only these components: trainer, orchestrator, inference, env, "
-                          "launcher, runner (comma-separated)."),
+                          "launcher, runner; in a cluster also router, node "
+                          "(comma-separated)."),
     ] = None,
     tail_n: Annotated[
         int, typer.Option("--tail", "-n", min=0,
