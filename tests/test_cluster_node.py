@@ -181,3 +181,46 @@ def test_rank_zero_guards_the_whole_cluster_and_each_node_samples_its_own_gpus()
         list(range(8)), [])
     assert (two["gpu"]["trainer_gpu_ids"], two["gpu"]["inference_gpu_ids"]) == (
         [], list(range(8)))
+
+
+def _shared(tmp_path: Path):
+    from primerl_modal.runner.cluster import Shared
+
+    def read(path: str) -> bytes | None:
+        return (tmp_path / path).read_bytes() if (tmp_path / path).is_file() else None
+
+    def listdir(path: str) -> list[str]:
+        folder = tmp_path / path
+        return [f"{path}/{p.name}" for p in folder.iterdir()] if folder.is_dir() else []
+
+    return Shared(tmp_path, read, listdir, lambda: None, lambda: None)
+
+
+def test_only_rank_zeros_finish_ends_the_cluster_and_echoes_are_ignored(tmp_path):
+    from primerl_modal.runner.cluster import Node
+
+    plan = {"run_id": "r", "roles": _roles()}
+    node = Node(plan, 0, HOSTS, "cu-1", _shared(tmp_path), "/bin", poll_s=0.05)
+    publish = node.shared.publish
+    publish(f"{node.dir}/end-1.json", {"status": "SUCCEEDED", "note": "launcher exited 0"})
+    publish(f"{node.dir}/end-2.json", {"status": "FAILED", "note": "x", "caused_by_peer": True})
+    assert node.peer_end() is None  # trainer node 1 finished its last step first; an echo
+    publish(f"{node.dir}/end-2.json", {"status": "RECOVERING", "note": "node2: inference "
+                                       "failed, exit code 1", "preempted": False})
+    peer = node.peer_end()
+    assert peer is not None and (peer.rank, peer.status) == (2, "RECOVERING")
+    other = Node(plan, 1, HOSTS, "cu-1", node.shared, "/bin", poll_s=0.05)
+    publish(f"{node.dir}/end-0.json", {"status": "SUCCEEDED", "note": "launcher exited 0"})
+    assert other.peer_end() == node.peer_end().__class__(0, "SUCCEEDED", "launcher exited 0")
+
+
+def test_a_node_that_never_hears_from_rank_zero_gives_up_and_says_so(tmp_path):
+    from primerl_modal.runner.cluster import Node
+
+    node = Node({"run_id": "r", "roles": _roles()}, 2, HOSTS, "cu-1", _shared(tmp_path), "/bin",
+                poll_s=0.05)
+    said: list[str] = []
+    assert node.wait_ready(0.3, said.append) is None
+    assert said[-1] == "node2: node0 did not publish its sub-configs within 0.3s"
+    end = json.loads((tmp_path / node.dir / "end-2.json").read_text())
+    assert end["status"] == "FAILED" and "did not publish" in end["note"]

@@ -108,9 +108,11 @@ class Node:
         return [sys.executable, "-m", "primerl_modal.runner.node", spec]
 
     def peer_end(self) -> PeerEnd | None:
-        """The first other node's own end (not one caused by another node's end)."""
+        """The first other node's own end (not one caused by another node's end). Only rank
+        0's finish is the cluster's: another trainer node may finish its last step first."""
         for rank, data in sorted(self._ends().items()):
-            if rank != self.rank and not data.get("caused_by_peer"):
+            finished_early = rank != 0 and data.get("status") == st.SUCCEEDED
+            if rank != self.rank and not data.get("caused_by_peer") and not finished_early:
                 self.ended_by = PeerEnd(rank, str(data.get("status", st.FAILED)),
                                         str(data.get("note", "")), bool(data.get("preempted")))
                 return self.ended_by
