@@ -91,12 +91,6 @@ def cluster_node(plan: dict[str, Any], volume: Any, outputs: Path) -> Any:
     if len(hosts) != int(plan["gpu"]["nodes"]) or not all(hosts):
         hosts = cluster.container_ips("ipv6")
 
-    def read(path: str) -> bytes | None:
-        try:
-            return b"".join(volume.read_file(path))
-        except (FileNotFoundError, modal.exception.NotFoundError):
-            return None
-
     def listdir(path: str) -> list[str]:
         try:
             return [entry.path for entry in volume.listdir(path)]
@@ -107,9 +101,21 @@ def cluster_node(plan: dict[str, Any], volume: Any, outputs: Path) -> Any:
         else plan["launcher"]
     # prime-rl's entry points (torchrun, orchestrator, inference, vllm-router) sit beside `rl`
     bin_dir = os.environ.get("PRM_PRIME_RL_BIN") or str(Path(launcher[0]).parent)
-    shared = Shared(outputs, read, listdir, volume.commit, volume.reload)
+    shared = Shared(outputs, lambda path: committed(volume, path), listdir, volume.commit,
+                    volume.reload)
     return Node(plan, rank, hosts, str(cluster.object_id), shared, bin_dir,
                 poll_s=float(os.environ.get("PRM_CLUSTER_POLL_S") or 2.0))
+
+
+def committed(volume: Any, path: str) -> bytes | None:
+    """A file as the volume last committed it (None if there is none): what every container
+    sees, unlike this container's mount, which shows others' writes only after a reload."""
+    import modal
+
+    try:
+        return b"".join(volume.read_file(path))
+    except (FileNotFoundError, modal.exception.NotFoundError):
+        return None
 
 
 def ready_timeout() -> float:
@@ -184,10 +190,7 @@ def run_sweep(sweep: dict[str, Any], functions: dict[str, Any]) -> None:
               for i, t in by_index.items()]
 
     def on_volume(path: str) -> bytes | None:
-        try:
-            return b"".join(volume.read_file(path))
-        except (FileNotFoundError, modal.exception.NotFoundError):
-            return None
+        return committed(volume, path)
 
     def status_of(run_id: str) -> dict[str, Any] | None:
         # as the trial's runner last committed it: this container's mount may be older
