@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,6 +20,15 @@ from primerl_modal.run_index import RunRecord, SweepRecord
 if TYPE_CHECKING:
     from primerl_modal.sweeps import SweepPlan
     from primerl_modal.transfer import Source
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One entry of a folder of a run's directory."""
+
+    name: str
+    is_dir: bool
+    size: int
 
 
 class Backend(Protocol):
@@ -62,6 +72,16 @@ class Backend(Protocol):
 
     def read_meta(self, record: RunRecord, name: str) -> bytes | None:
         """A file of the run's metadata folder (plan.json, status.json, ...), if it exists."""
+        ...
+
+    def read_run_file(self, record: RunRecord, rel: str) -> bytes | None:
+        """A file of prime-rl's run directory (``metrics.jsonl``, ``rollouts/...``), as the
+        run has written (on Modal: committed) it so far; None if there is none."""
+        ...
+
+    def list_run_dir(self, record: RunRecord, rel: str = "") -> list[RunEntry] | None:
+        """The entries of a folder of prime-rl's run directory (not recursive); None if
+        there is no such folder."""
         ...
 
     def stored_logs(self, record: RunRecord) -> Iterator[LogLine]:

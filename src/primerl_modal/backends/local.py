@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from primerl_modal import paths
 from primerl_modal.backends.base import (
+    RunEntry,
     apply_status,
     new_record,
     read_status,
@@ -318,6 +319,20 @@ class LocalBackend:
             return (Path(record.meta_dir) / name).read_bytes()
         except FileNotFoundError:
             return None
+
+    def read_run_file(self, record: RunRecord, rel: str) -> bytes | None:
+        try:
+            return (Path(record.run_dir) / rel).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+
+    def list_run_dir(self, record: RunRecord, rel: str = "") -> list[RunEntry] | None:
+        try:
+            paths = sorted((Path(record.run_dir) / rel).iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return [RunEntry(p.name, p.is_dir(), 0 if p.is_dir() else p.stat().st_size)
+                for p in paths]
 
     def stored_logs(self, record: RunRecord) -> Iterator[LogLine]:
         for n, path in attempt_logs(Path(record.meta_dir) / "logs"):

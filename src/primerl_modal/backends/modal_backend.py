@@ -23,6 +23,7 @@ from modal.types import FileEntryType
 from primerl_modal import interrupts
 from primerl_modal.backends import modal_remote
 from primerl_modal.backends.base import (
+    RunEntry,
     apply_status,
     new_record,
     parse_status,
@@ -398,6 +399,22 @@ class ModalBackend:
         connect()
         with modal_errors():
             return self._read(record.outputs, f"{META_DIR}/{record.run_id}/{name}")
+
+    def read_run_file(self, record: RunRecord, rel: str) -> bytes | None:
+        connect()
+        with modal_errors():
+            return self._read(record.outputs, f"{record.run_id}/{rel}")
+
+    def list_run_dir(self, record: RunRecord, rel: str = "") -> list[RunEntry] | None:
+        connect()
+        with modal_errors():
+            try:
+                entries = self._volume(record.outputs).listdir(
+                    f"{record.run_id}/{rel}".rstrip("/"))
+            except MISSING:
+                return None
+        return sorted((RunEntry(Path(e.path).name, e.type == FileEntryType.DIRECTORY, e.size)
+                       for e in entries), key=lambda e: e.name)
 
     def stored_logs(self, record: RunRecord) -> Iterator[LogLine]:
         connect()
