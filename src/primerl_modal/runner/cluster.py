@@ -122,7 +122,7 @@ class Node:
         """The other nodes whose own processes failed too (waiting a few polls for their
         announcements): the nodes of a cluster fail together, a lost peer breaking the
         collectives, and which went first is not knowable from here."""
-        deadline = time.monotonic() + min(3 * self.poll_s, 6.0)
+        deadline = time.monotonic() + min(max(3 * self.poll_s, 3.0), 6.0)
         while True:
             failed = [PeerEnd(rank, str(data["status"]), str(data.get("note", "")))
                       for rank, data in sorted(self._ends().items())
@@ -163,6 +163,14 @@ class Node:
         self.shared.publish(f"{self.dir}/end-{self.rank}.json",
                             {"status": st.FAILED, "note": note, "at": time.time()})
         return None
+
+    def announce_failure(self, status: str, note: str) -> None:
+        """This node's processes failed: said before anything else, so that every node ends
+        and each can name the others that failed with it (the end is said again, whole,
+        once recorded)."""
+        self.shared.publish(f"{self.dir}/end-{self.rank}.json", {
+            "status": status, "note": note, "preempted": False, "caused_by_peer": False,
+            "at": time.time()})
 
     def announce(self, state: RunState, caused_by_peer: bool) -> None:
         attempt = (state.data.get("attempts") or [{}])[-1]

@@ -61,6 +61,8 @@ class ClusterHooks(Protocol):
 
     def peer_failures(self) -> list[PeerEnd]: ...
 
+    def announce_failure(self, status: str, note: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class RunnerOptions:
@@ -390,9 +392,11 @@ class Runner:
         elif self.options.retries:
             note += "; no retries left" if progressed or failures >= self.options.retries \
                 else f"; no retries left for failures before the first step ({startup_retries})"
-        if cluster is not None:
+        outcome = st.RECOVERING if retry else st.FAILED
+        if cluster is not None:  # said at once, so that the others end, and say so too
+            cluster.announce_failure(outcome, note)
             note += "".join(f"; also {p.note.split(';')[0]}" for p in cluster.peer_failures())
-        return (st.RECOVERING if retry else st.FAILED), note, True
+        return outcome, note, True
 
     def _after_peer(self, peer: PeerEnd, retry: bool) -> tuple[str, str, bool]:
         """This node was ended because another one ended: the cluster shares its fate (a
