@@ -13,7 +13,8 @@ from primerl_modal.cli import app
 
 # Every command of the tree, by path, is one or the other: a new command must be placed.
 DATA_COMMANDS = {"run", "ls", "logs", "show", "cost", "pull", "stop", "doctor", "init",
-                 "sweep start", "sweep ls", "sweep show"}  # `prm sweep FILE` is `sweep start`
+                 "rollouts", "metrics", "rm", "prune", "sweep start", "sweep ls",
+                 "sweep show"}  # `prm sweep FILE` is `sweep start`
 OTHER_COMMANDS = {"mcp"}  # serves MCP over stdio: prints no data of its own
 
 
@@ -49,7 +50,8 @@ def test_every_command_is_known_and_every_data_command_has_json():
 
 @pytest.mark.parametrize("args", [
     ["ls"], ["sweep", "ls"], ["show", "nope"], ["logs", "nope"], ["pull", "nope"],
-    ["stop", "nope"], ["sweep", "show", "nope"], ["run", "--dry-run"],
+    ["stop", "nope"], ["rollouts", "nope"], ["metrics", "nope"], ["rm", "nope"],
+    ["prune", "nope", "--keep-last", "1"], ["sweep", "show", "nope"], ["run", "--dry-run"],
     ["sweep", "reverse-text", "--grid", "max_steps=2,4", "--dry-run"], ["init", "demo"],
 ], ids=" ".join)
 def test_every_data_command_answers_json_with_json(prm, args):

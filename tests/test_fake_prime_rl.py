@@ -177,7 +177,81 @@ def test_current_run_to_completion(tmp_path: Path) -> None:
     for ckpt in (run / "checkpoints").iterdir():
         assert any((ckpt / "trainer").iterdir()) and any((ckpt / "orchestrator").iterdir())
     assert step_dirs(run / "rollouts") == [f"step_{n}" for n in range(1, 8)]
-    assert (run / "rollouts" / "step_7" / "rollouts.jsonl").read_text()
+    for subset in ("all", "effective"):
+        assert (run / "rollouts" / "step_7" / "train" / subset / "traces.jsonl").read_text()
+
+
+# verifiers 0.4.0 records, as prime-rl writes them (the last one a failed episode)
+SAMPLES = Path(__file__).parent / "samples" / "traces.jsonl"
+
+
+def key_order(value: Any, path: str = "") -> list[tuple[str, list[str]]]:
+    """Every object's keys, in order, by where it sits (list items as [i])."""
+    if isinstance(value, dict):
+        return [(path, list(value))] + [
+            kv for k, v in value.items() for kv in key_order(v, f"{path}/{k}")]
+    if isinstance(value, list):
+        return [kv for i, v in enumerate(value) for kv in key_order(v, f"{path}[{i}]")]
+    return []
+
+
+def traces(run: Path, step: int, subset: str) -> list[dict[str, Any]]:
+    path = run / "rollouts" / f"step_{step}" / "train" / subset / "traces.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def reward(episode: dict[str, Any]) -> float:
+    rewards = episode["traces"][0]["rewards"].values()
+    return sum(r["score"] * r["weight"] for r in rewards)
+
+
+def task_of(episode: dict[str, Any]) -> tuple[str, int]:
+    return episode["env"]["id"], episode["task"]["data"]["idx"]
+
+
+def test_rollouts_are_verifiers_episode_records_like_the_samples(tmp_path: Path) -> None:
+    config = tmp_path / "rl.toml"
+    config.write_text(RL_TOML + '[[orchestrator.env]]\nid = "wordle"\n')
+    for name in ("a", "b"):
+        args = ["@", str(config), "--output-dir", "outputs", "--run.name", name,
+                "--max-steps", "2"]
+        assert run_rl(args, tmp_path).returncode == 0
+    run = tmp_path / "outputs" / "a"
+    sample = [json.loads(line) for line in SAMPLES.read_text().splitlines()]
+    for step in (1, 2):
+        every = traces(run, step, "all")
+        assert sorted({e["env"]["id"] for e in every}) == ["reverse-text", "wordle"]
+        assert len(every) == 12
+        failed = [e for e in every if not e["ok"]]
+        assert len(failed) == 2  # one per env
+        for e in failed:
+            assert e["is_timeout"] == (step == 1) and e["traces"][0]["nodes"] == []
+            (error,) = e["errors"]
+            assert error["type"] == ("TimeoutError" if step == 1 else "ProviderError")
+            # the sample's failed episode, plus the one error it records
+            assert key_order({**e, "errors": []}) == key_order(sample[-1])
+        for e in every:
+            if e["ok"]:
+                assert key_order(e) == key_order(sample[0])
+                roles = [(n["message"]["role"], n["sampled"]) for n in e["traces"][0]["nodes"]]
+                assert roles == [("system", False), ("user", False), ("assistant", True)]
+                user, reply = (n["message"]["content"] for n in e["traces"][0]["nodes"][1:])
+                assert reward(e) == 1.0 or reply != user[::-1]
+        # effective: the episodes that train, a reward off their task group's mean
+        groups: dict[tuple[str, int], list[float]] = {}
+        for e in every:
+            if e["ok"]:
+                groups.setdefault(task_of(e), []).append(reward(e))
+        means = {k: sum(v) / len(v) for k, v in groups.items()}
+        assert traces(run, step, "effective") == [
+            e for e in every if e["ok"] and reward(e) != means[task_of(e)]]
+        prompts = {e["traces"][0]["nodes"][1]["message"]["content"] for e in every if e["ok"]}
+        assert len(prompts) > 2  # a prompt varies per task
+    # deterministic per (env, step, episode): another run writes the same bytes
+    for step in (1, 2):
+        for subset in ("all", "effective"):
+            rel = Path("rollouts", f"step_{step}", "train", subset, "traces.jsonl")
+            assert (run / rel).read_bytes() == (tmp_path / "outputs" / "b" / rel).read_bytes()
 
 
 def test_no_checkpoints_without_interval_and_auto_run_name(tmp_path: Path) -> None:

@@ -30,6 +30,10 @@ TOOLS = {
     "plan_sweep": {"sweep_file", "profile", "grid", "max_usd"},
     "sweep": {"sweep_file", "profile", "grid", "max_parallel", "fail_fast", "yes", "max_usd"},
     "sweep_status": {"sweep_id"},
+    "metrics": {"runs", "sweep", "keys", "last"},
+    "rollouts": {"run", "step", "kind", "env", "sort", "limit"},
+    "remove_runs": {"runs", "sweep", "confirm"},
+    "prune_checkpoints": {"run", "keep_last", "confirm"},
 }
 FINAL = {"SUCCEEDED", "FAILED", "STOPPED", "LOST"}
 
@@ -250,3 +254,32 @@ def test_a_launch_under_the_cap_carries_it(tmp_path: Path, local_profile: Path,
         assert trial["plan"]["guard"]["max_usd"] == 20.0
 
     serve(body, tmp_path / "server.err", timeout=120, args=("--max-usd", "20"))
+
+
+def test_look_inside_a_run_then_delete_it_only_when_confirmed(tmp_path: Path, local_profile: Path,
+                                                             fast_fake: Path) -> None:
+    async def body(s: ClientSession) -> None:
+        run_id = (await call(s, "run", profile=str(local_profile)))["run_id"]
+        assert (await ended(s, run_id))["status"] == "SUCCEEDED"
+        metrics = await call(s, "metrics", runs=[run_id], keys=["reward/mean"])
+        rows = metrics["runs"][run_id]["rows"]
+        assert [r["step"] for r in rows] == list(range(1, 9))  # max_steps = 8
+        assert all("reward/mean" in r for r in rows)
+        sample = await call(s, "rollouts", run=run_id, limit=2)
+        assert sample["count"] == 2
+        best = sample["episodes"][0]
+        assert best["reward"] >= sample["episodes"][1]["reward"]
+        roles = [t["role"] for t in best["traces"][0]["turns"]]
+        assert "user" in roles and "assistant" in roles
+        assert all("token_ids" not in str(t) for t in best["traces"])
+        # delete: first what would go, nothing gone; then, confirmed, gone
+        preview = await call(s, "prune_checkpoints", run=run_id, keep_last=1)
+        assert preview["deleted"] is False and preview["files"] > 0
+        preview = await call(s, "remove_runs", runs=[run_id])
+        assert preview["deleted"] is False and preview["bytes"] > 0
+        assert await row(s, run_id) is not None
+        done = await call(s, "remove_runs", runs=[run_id], confirm=True)
+        assert done["deleted"] is True
+        assert await row(s, run_id) is None
+
+    serve(body, tmp_path / "server.err", timeout=120)

@@ -14,7 +14,10 @@ from primerl_modal.commands.init import init
 from primerl_modal.commands.logs import logs
 from primerl_modal.commands.ls import ls
 from primerl_modal.commands.mcp import mcp
+from primerl_modal.commands.metrics import metrics
 from primerl_modal.commands.pull import pull
+from primerl_modal.commands.rm import prune, rm
+from primerl_modal.commands.rollouts import rollouts
 from primerl_modal.commands.run import run
 from primerl_modal.commands.show import show
 from primerl_modal.commands.stop import stop
@@ -68,11 +71,15 @@ def root(
 
 app.command(no_args_is_help=False)(run)
 app.command()(logs)
+app.command()(metrics)
+app.command()(rollouts)
 app.command()(ls)
 app.command()(show)
 app.command()(cost)
 app.command()(pull)
 app.command()(stop)
+app.command()(rm)
+app.command()(prune)
 app.add_typer(sweep_app, name="sweep")
 app.command()(doctor)
 app.command()(init)

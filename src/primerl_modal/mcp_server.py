@@ -635,6 +635,8 @@ LAUNCHES = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempot
                            open_world_hint=True)
 STOPS = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
                         open_world_hint=True)
+DELETES = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True,
+                          open_world_hint=True)
 WRITES_LOCAL = ToolAnnotations(read_only_hint=False, destructive_hint=False,
                                idempotent_hint=True, open_world_hint=True)
 
@@ -674,7 +676,14 @@ def as_tool(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any] |
 def build_server() -> MCPServer[Any]:
     server: MCPServer[Any] = MCPServer("prm", instructions=INSTRUCTIONS, version=__version__,
                                        log_level="WARNING")
-    for fn, title, hints in TOOLS:
+    from primerl_modal import mcp_look
+
+    look: list[tuple[Callable[..., dict[str, Any]], str, ToolAnnotations]] = [
+        (mcp_look.metrics, "A run's metrics by step", READ_ONLY),
+        (mcp_look.rollouts, "A step's episodes", READ_ONLY),
+        (mcp_look.remove_runs, "Delete finished runs (confirm)", DELETES),
+        (mcp_look.prune_checkpoints, "Delete older checkpoints (confirm)", DELETES)]
+    for fn, title, hints in [*TOOLS, *look]:
         server.add_tool(as_tool(fn), name=fn.__name__, title=title, annotations=hints)
     return server
 

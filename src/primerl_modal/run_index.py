@@ -375,6 +375,24 @@ class RunIndex:
         sets = ", ".join(f"{c} = :{c}" for c in values)
         self._write(f"UPDATE runs SET {sets} WHERE run_id = :run_id", {**values, "run_id": run_id})
 
+    def require_writable(self, doing: str) -> None:
+        """Raises PrmError when the index is read-only: for a change that must be saved
+        (``doing`` says which), unlike the refreshes _write may skip."""
+        if self.read_only:
+            raise PrmError(f"cannot {doing}: the run index {self.path} is read-only",
+                           "set PRM_HOME to a folder you can write")
+
+    def delete(self, run_id: str) -> None:
+        """Forget a run whose files are gone (`prm rm`). Raises PrmError when the index is
+        read-only: a row left behind would list a run that no longer exists."""
+        self.require_writable(f"forget {run_id}")
+        self._write("DELETE FROM runs WHERE run_id = :run_id", {"run_id": run_id})
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Forget a sweep (its trials are rows of their own). Raises PrmError as delete does."""
+        self.require_writable(f"forget {sweep_id}")
+        self._write("DELETE FROM sweeps WHERE sweep_id = :sweep_id", {"sweep_id": sweep_id})
+
     def _write(self, sql: str, params: dict[str, Any]) -> None:
         """Run one write. On a read-only index it is skipped, with one warning: a command
         that only reads never fails because what it learned cannot be saved."""

@@ -13,7 +13,21 @@ written), same run directory layout (``configs/``, ``logs/``, ``metrics.jsonl``,
 ``checkpoints/step_N/``, ``rollouts/step_N/``), same handling of a run directory that
 already holds artifacts and same resume semantics, per dialect (below).
 Each step takes ``FAKE_RL_STEP_SECONDS`` and appends to the component logs, to
-``metrics.jsonl`` and (every checkpoint interval steps) writes a checkpoint.
+``metrics.jsonl``, writes the step's rollouts and (every checkpoint interval steps) a
+checkpoint.
+
+Rollouts, as prime-rl's file monitor writes them: ``rollouts/step_N/train/all/traces.jsonl``
+and ``rollouts/step_N/train/effective/traces.jsonl``, one verifiers 0.4.0 episode record
+(``Episode.to_record()``: ``id``, ``env``, ``task``, ``ok``, ``is_timeout``, ``errors``,
+``traces[]`` with ``nodes``, ``rewards``, ``metrics``, ...) a line, in the exact shape of
+``shared/samples/traces.jsonl``. Per env of the orchestrator config (``env`` list ids;
+``reverse-text`` when none) a step has 3 reverse-text tasks sampled twice each: a system
+and a user message (the text to reverse, varying per task), one sampled assistant reply, one
+``lcs_ratio`` reward (perfect more often as steps go on). One episode per env a step fails
+without trace content (``ok`` false, one error): a timeout (``is_timeout`` true,
+``TimeoutError``) on odd steps, a ``ProviderError`` (503) on even ones. ``effective`` holds
+the episodes that train: succeeded, with a reward off their task group's mean. Everything
+is a function of (env, step, episode index), timestamps included.
 
 It spawns one idle child process per component (inference, orchestrator, trainer) in
 the launcher's process group, so tests can check that a runner leaves no orphans; it prints
@@ -1701,15 +1715,9 @@ class Launcher:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _write_rollouts(self, step: int, m: StepMetrics) -> None:
-        rollout_dir = self.plan.run_dir / "rollouts" / f"step_{step}"
-        rollout_dir.mkdir(parents=True, exist_ok=True)
-        rows = [
-            {"step": step, "example_id": i, "reward": m.reward, "completion": f"fake #{i}"}
-            for i in range(2)
-        ]
-        (rollout_dir / "rollouts.jsonl").write_text(
-            "".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8"
-        )
+        orchestrator = get_nested(self.plan.config, "orchestrator", {})
+        envs = env_ids(orchestrator if isinstance(orchestrator, dict) else {})
+        write_rollouts(self.plan.run_dir, step, m.reward, envs)
 
     def _append_metrics(self, m: StepMetrics) -> None:
         append_metrics(self.plan.run_dir, m, self.plan.lr)
@@ -1739,6 +1747,167 @@ class Launcher:
         tmp = trainer / f"{DCP_METADATA}.tmp"
         tmp.write_text(json.dumps({"step": step, "ranks": len(self.plan.trainer_gpus)}) + "\n")
         os.replace(tmp, trainer / DCP_METADATA)
+
+
+# --------------------------------------------------------------------------- rollouts
+
+# The episodes of one step, per env: ROLLOUT_EXAMPLES tasks, each sampled
+# ROLLOUTS_PER_EXAMPLE times (a group: the group's mean reward is its episodes' baseline).
+ROLLOUT_EXAMPLES = 3
+ROLLOUTS_PER_EXAMPLE = 2
+ROLLOUT_WORDS = ("hello", "world", "reinforcement", "learning", "policy", "gradient",
+                 "reward", "token", "modal", "volume", "checkpoint", "orchestrator")
+ROLLOUT_SYSTEM_PROMPT = "Reverse the text character by character."
+ROLLOUT_TIMEOUT_SECONDS = 600
+# Fixed clock of the records, so a step's file is the same on every launch.
+ROLLOUT_EPOCH = 1_800_000_000.0
+
+
+def env_ids(orchestrator: dict[str, Any]) -> list[str]:
+    """The orchestrator's environment ids (``env`` or ``train.env`` list, or, in 2025-10,
+    ``environment.id``); reverse-text when it names none."""
+    envs = orchestrator.get("env") or get_nested(orchestrator, "train.env")
+    if isinstance(envs, list):
+        ids = [str(e.get("id") or e.get("name")) for e in envs
+               if isinstance(e, dict) and (e.get("id") or e.get("name"))]
+    else:
+        ids = [str(get_nested(orchestrator, "environment.id", ""))]
+    return [i for i in ids if i] or ["reverse-text"]
+
+
+def write_rollouts(run_dir: Path, step: int, quality: float, envs: list[str]) -> None:
+    """``rollouts/step_N/train/{all,effective}/traces.jsonl`` as prime-rl's file monitor
+    writes them: one verifiers episode record (``Episode.to_record()``) a line; ``all``
+    holds every episode, ``effective`` those that train (succeeded, and a reward off
+    their group's mean: a non-zero advantage)."""
+    episodes = [fake_episode(env, step, n, quality) for env in envs
+                for n in range(ROLLOUT_EXAMPLES * ROLLOUTS_PER_EXAMPLE)]
+    groups: dict[tuple[str, int], list[float]] = {}
+    for e in episodes:
+        if e["ok"]:
+            groups.setdefault(_group(e), []).append(_reward(e))
+    effective = [e for e in episodes if e["ok"]
+                 and _reward(e) != sum(groups[_group(e)]) / len(groups[_group(e)])]
+    for subset, records in (("all", episodes), ("effective", effective)):
+        folder = run_dir / "rollouts" / f"step_{step}" / "train" / subset
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "traces.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def _group(episode: dict[str, Any]) -> tuple[str, int]:
+    return episode["env"]["id"], episode["task"]["data"]["idx"]
+
+
+def _reward(episode: dict[str, Any]) -> float:
+    return sum(r["score"] * r["weight"] for r in episode["traces"][0]["rewards"].values())
+
+
+def fake_episode(env: str, step: int, n: int, quality: float) -> dict[str, Any]:
+    """Episode ``n`` of ``env`` at ``step``, the same on every call: a reverse-text task
+    (system and user message, one sampled assistant reply, an ``lcs_ratio`` reward that
+    is perfect with probability ``quality``), or, for one episode a step, a failure
+    without trace content: a timeout (odd steps) or a provider error (even steps)."""
+    example = n // ROLLOUTS_PER_EXAMPLE
+    prompt_rng = random.Random(f"{env}:{step}:example{example}")
+    idx = prompt_rng.randrange(10_000)
+    text = " ".join(prompt_rng.sample(ROLLOUT_WORDS, prompt_rng.randint(2, 4)))
+    rng = random.Random(f"{env}:{step}:{n}")
+    start = ROLLOUT_EPOCH + step * 60 + n
+    task = _fake_task(idx)
+    record_id = uuid.UUID(int=rng.getrandbits(128)).hex
+    trace_id = uuid.UUID(int=rng.getrandbits(128)).hex
+    if n == step % (ROLLOUT_EXAMPLES * ROLLOUTS_PER_EXAMPLE):
+        return _failed_episode(record_id, trace_id, env, task, step, start)
+    target = text[::-1]
+    wrong = 0 if rng.random() < quality else rng.randint(1, max(1, len(target) // 3))
+    reply = list(target)
+    for i in rng.sample(range(len(reply)), wrong):
+        reply[i] = "x"
+    score = round(1 - wrong / len(target), 3)
+    nodes = [
+        _fake_node(None, "system", ROLLOUT_SYSTEM_PROMPT, start + 0.001),
+        _fake_node(0, "user", text, start + 0.002),
+        _fake_node(1, "assistant", "".join(reply), start + 0.003, rng),
+    ]
+    trace = _fake_trace(trace_id, task, nodes, {"lcs_ratio": {"score": score, "weight": 1.0}},
+                        {"lcs_ratio": score}, ok=True, start=start)
+    return _fake_record(record_id, env, task, True, False, [], trace)
+
+
+def _failed_episode(record_id: str, trace_id: str, env: str, task: dict[str, Any],
+                    step: int, start: float) -> dict[str, Any]:
+    if step % 2:
+        error = {"type": "TimeoutError",
+                 "message": f"episode exceeded its {ROLLOUT_TIMEOUT_SECONDS}s timeout"}
+    else:
+        error = {"type": "ProviderError",
+                 "message": "503 Service Unavailable: inference engine overloaded",
+                 "status_code": 503}
+    trace = _fake_trace(trace_id, task, [], {}, {}, ok=False, start=start)
+    return _fake_record(record_id, env, task, False, bool(step % 2), [error], trace)
+
+
+def _fake_record(record_id: str, env: str, task: dict[str, Any], ok: bool, is_timeout: bool,
+                 errors: list[dict[str, Any]], trace: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": record_id, "env": {"id": env}, "task": task, "ok": ok, "is_timeout": is_timeout,
+        "errors": errors, "traces": [trace],
+        "num_input_tokens": 0, "num_output_tokens": 0, "num_total_tokens": 0,
+    }
+
+
+def _fake_task(idx: int) -> dict[str, Any]:
+    return {"type": "Task", "data": {
+        "idx": idx, "skills": [], "network_allow": ["*"], "network_block": [], "artifacts": [],
+        "artifact_max_bytes": 33554432, "timeout": {}, "resources": {},
+    }}
+
+
+def _fake_node(parent: int | None, role: str, content: str, timestamp: float,
+               sampler: random.Random | None = None) -> dict[str, Any]:
+    """A message node; a sampled one (``sampler`` given) carries a token and a logprob a
+    character. The root has no ``parent`` key: records leave out what is None."""
+    tokens = list(range(100, 100 + len(content))) if sampler else []
+    node: dict[str, Any] = {} if parent is None else {"parent": parent}
+    node.update({
+        "semantic_parents": [], "message": {"role": role, "content": content},
+        "sampled": sampler is not None, "timestamp": timestamp, "token_ids": tokens,
+        "mask": [True] * len(tokens), "is_content": [],
+        "logprobs": [round(-sampler.random(), 3) for _ in tokens] if sampler else [],
+    })
+    return node
+
+
+def _fake_trace(trace_id: str, task: dict[str, Any], nodes: list[dict[str, Any]],
+                rewards: dict[str, Any], metrics: dict[str, float], *, ok: bool,
+                start: float) -> dict[str, Any]:
+    """A verifiers trace record; a failed one never completed, so it has no
+    ``stop_condition``."""
+    span = {"start": 0.0, "end": 0.0}
+    trace: dict[str, Any] = {
+        "version": 1, "id": trace_id, "verifiers": {"version": "0.4.0"}, "task": task,
+        "agent": {"config": {
+            "runtime": {"allow": ["*"], "block": [], "type": "prime", "image": "python:3.11-slim",
+                        "labels": [], "cpu": 1.0, "memory": 2.0, "disk": 5.0,
+                        "idle_timeout": 3600.0},
+            "timeout": {}, "retries": {"max_retries": 0, "rules": []}, "network_notice": True,
+        }, "name": "agent", "trainable": True},
+        "tools": [], "nodes": nodes, "calls": [], "mm_token_type_id_map": {},
+        "request_rewrites": [], "response_rewrites": [], "rewards": rewards,
+        "metrics": metrics, "info": {}, "extra_usage": [], "is_completed": ok, "ok": ok,
+    }
+    if ok:
+        trace["stop_condition"] = "completed"
+    trace.update({
+        "is_timeout": False, "errors": [],
+        "timing": {"start": start, "boot": span, "setup": span,
+                   "agent": {**span, "model": {"duration": 0.0},
+                             "harness": {"duration": 0.0}},
+                   "finalize": span, "scoring": span},
+        "num_input_tokens": 0, "num_output_tokens": 0, "num_total_tokens": 0,
+    })
+    return trace
 
 
 # --------------------------------------------------------------------------- main

@@ -39,7 +39,8 @@ connection leaves from that address too, so the other end sees which node called
     reaches ``<base-url>/models`` (through the router) and every admin server's
     ``/health``, retrying until the connect timeout (then exit 1 naming the URL); then
     steps to ``max_steps`` (after ``ckpt.resume_step``), asking the router for its models
-    each step and writing ``rollouts/step_N/``, and exits 0. Log: ``logs/orchestrator.log``.
+    each step and writing ``rollouts/step_N/`` (as rl.py does), and exits 0. Log:
+    ``logs/orchestrator.log``.
 ``inference @ inference.toml --server.host HOST --server.port PORT``
     Serves ``GET /health`` (200) and ``GET /v1/models`` (the config's ``model.name``) until
     signalled. Log: ``logs/inference/node_<k>.log`` with k from ``INFER_NODE_RANK`` (the
@@ -779,11 +780,7 @@ class Orchestrator(Role):
         except (OSError, NotReady, http.client.HTTPException) as exc:
             raise RoleFailed(f"lost the inference server at {url} at step {step}: {exc}") from None
         m = rl.StepMetrics.for_step(step)
-        rows = [{"step": step, "example_id": i, "reward": m.reward, "completion": f"fake #{i}"}
-                for i in range(2)]
-        rollouts = self.run_dir / "rollouts" / f"step_{step}"
-        rollouts.mkdir(parents=True, exist_ok=True)
-        (rollouts / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rl.write_rollouts(self.run_dir, step, m.reward, rl.env_ids(self.cfg))
         self.log.info(f"step {step}: generated {m.requests} rollouts, reward/mean={m.reward:.4f}")
 
 

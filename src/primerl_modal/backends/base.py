@@ -108,6 +108,20 @@ class Backend(Protocol):
         """The run's files (prime-rl's run dir, and prm's under _prm/) and how to fetch them."""
         ...
 
+    def remove_run(self, record: RunRecord) -> None:
+        """Delete the run's files: prime-rl's run directory, then prm's `_prm/<run-id>/`
+        (core/cleanup.own_paths); a folder already gone (removed by hand) is fine."""
+        ...
+
+    def remove_run_paths(self, record: RunRecord, rels: list[str]) -> None:
+        """Delete these folders (whole) or files of prime-rl's run directory, each a path
+        inside it (core/cleanup.inside_run); one already gone is fine."""
+        ...
+
+    def remove_sweep(self, sweep: SweepRecord) -> None:
+        """Delete the sweep's own folder, `_prm/sweeps/<sweep-id>/` (not its trials')."""
+        ...
+
 
 def new_record(plan: Plan, outputs: str, sweep_id: str | None = None) -> RunRecord:
     now = time.time()

@@ -26,6 +26,7 @@ from primerl_modal.backends.base import (
 )
 from primerl_modal.backends.follow import follow_attempt_logs
 from primerl_modal.core import status as st
+from primerl_modal.core.cleanup import inside_run, own_paths, sweep_path
 from primerl_modal.core.cmdline import LAUNCHER
 from primerl_modal.core.logs import LogLine, parse_attempt_log
 from primerl_modal.core.plan import META_DIR, Layout, Plan
@@ -381,6 +382,49 @@ class LocalBackend:
                     rel = path.relative_to(base).as_posix()
                     items.append(RemoteFile(str(path), prefix + rel, stat.st_size, stat.st_mtime))
         return items, LocalSource()
+
+    def remove_run(self, record: RunRecord) -> None:
+        root = Path(record.outputs)
+        folders = own_paths(record.run_id)
+        if [Path(record.run_dir), Path(record.meta_dir)] != [root / f for f in folders]:
+            raise PrmError(f"{record.run_id}: its index row names {record.run_dir} and "
+                           f"{record.meta_dir}, not its own folders under {root}: refusing "
+                           "to delete them", "delete them by hand if they are this run's")
+        for rel in folders:
+            _remove_inside(root, rel)
+
+    def remove_run_paths(self, record: RunRecord, rels: list[str]) -> None:
+        run_dir = Path(record.outputs) / own_paths(record.run_id)[0]
+        for rel in rels:
+            _remove_inside(run_dir, inside_run(rel))
+
+    def remove_sweep(self, sweep: SweepRecord) -> None:
+        _remove_inside(Path(sweep.outputs), sweep_path(sweep.sweep_id))
+
+
+def _remove_inside(root: Path, rel: str) -> None:
+    """Delete ``root/rel``: a folder whole (symbolic links in it are unlinked, never
+    followed) or a file; one already gone is fine.
+
+    Raises PrmError for a path that leads out of ``root`` through a symbolic link, or one
+    that cannot be deleted.
+    """
+    target = root / rel
+    base, parent = os.path.realpath(root), os.path.realpath(target.parent)
+    if parent != base and not parent.startswith(base + os.sep):
+        raise PrmError(f"{target} leads out of {root} through a symbolic link: refusing to "
+                       "delete it", "delete it by hand if it is this run's")
+    try:
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise PrmError(f"cannot delete {target} ({e.strerror or e})",
+                       "fix that and run the same command again: what is gone is skipped"
+                       ) from None
 
 
 def _prepare(plan: Plan, sweep_id: str | None) -> RunRecord:

@@ -1,6 +1,7 @@
 """The Modal backend: one detached ephemeral app per run, whose one function call runs the
-runner on the run's GPUs. Client-side, modal is imported here, in volume_reads (which this
-module calls) and in `prm doctor`'s checks; nowhere else."""
+runner on the run's GPUs (a clustered call for a multi-node run). Reading and deleting a
+run's files is modal_run_files.py's. Client-side, modal is imported by the backends'
+modal_* modules and in `prm doctor`'s checks; nowhere else."""
 
 from __future__ import annotations
 
@@ -12,18 +13,16 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import modal
 import modal.exception
-from modal.types import FileEntryType
 
 from primerl_modal import interrupts
 from primerl_modal.backends import modal_remote
 from primerl_modal.backends.base import (
-    RunEntry,
     apply_status,
     new_record,
     parse_status,
@@ -31,16 +30,15 @@ from primerl_modal.backends.base import (
     require_resumable,
     resumable_trials,
 )
-from primerl_modal.backends.modal_client import MISSING, connect, modal_errors, volume
-from primerl_modal.backends.modal_files import ModalSource
+from primerl_modal.backends.modal_client import MISSING, connect, modal_errors
 from primerl_modal.backends.modal_image import check_local_code, controller_image, to_modal_image
+from primerl_modal.backends.modal_run_files import ModalRunFiles
 from primerl_modal.core import status as st
 from primerl_modal.core.image_spec import image_spec
-from primerl_modal.core.logs import LogLine, merged, parse_attempt_log, parse_prefixed
+from primerl_modal.core.logs import LogLine, parse_prefixed
 from primerl_modal.core.plan import META_DIR, MODAL_LAYOUT, Layout, Plan
 from primerl_modal.core.profile import ResolvedProfile
 from primerl_modal.core.run_id import trial_index
-from primerl_modal.core.selection import RemoteFile
 from primerl_modal.errors import PrmError
 from primerl_modal.run_index import RunIndex, RunRecord, SweepRecord
 from primerl_modal.runner.preflight import require_accepted
@@ -51,7 +49,6 @@ from primerl_modal.runner.state import (
     record_status,
 )
 from primerl_modal.sweeps import SweepPlan, sweep_record
-from primerl_modal.transfer import Source
 from primerl_modal.ui import console
 
 STOP_WAIT_S = 45.0  # the runner's grace (20 s) and its last commit, with room to spare
@@ -87,7 +84,7 @@ def tags_of(run_id: str, sweep_id: str | None) -> dict[str, str]:
     return {"prm-run": run_id, **({"prm-sweep": sweep_id} if sweep_id else {})}
 
 
-class ModalBackend:
+class ModalBackend(ModalRunFiles):
     name = "modal"
 
     def __init__(self, index: RunIndex) -> None:
@@ -95,9 +92,6 @@ class ModalBackend:
 
     def layout(self, profile: ResolvedProfile) -> Layout:
         return MODAL_LAYOUT
-
-    def _volume(self, name: str) -> modal.Volume:
-        return volume(name)
 
     def define(self, plan: Plan, sweep_id: str | None = None,
                preflight: bool = False) -> tuple[modal.App, Any, Any | None]:
@@ -230,11 +224,6 @@ class ModalBackend:
                 if trial and trial.get("handle"):
                     r.call_id = trial["handle"]
 
-    def _read(self, volume: str, path: str) -> bytes | None:
-        try:
-            return b"".join(self._volume(volume).read_file(path))
-        except MISSING:
-            return None
 
     def launch(self, plan: Plan, *, sweep_id: str | None = None) -> RunRecord:
         connect()
@@ -390,56 +379,11 @@ class ModalBackend:
                            "try again in a moment")
         return plan_from_json(plan)
 
-    def read_sweep_meta(self, sweep: SweepRecord, name: str) -> bytes | None:
-        connect()
-        with modal_errors():
-            return self._read(sweep.outputs, f"{META_DIR}/sweeps/{sweep.sweep_id}/{name}")
 
-    def read_meta(self, record: RunRecord, name: str) -> bytes | None:
-        connect()
-        with modal_errors():
-            return self._read(record.outputs, f"{META_DIR}/{record.run_id}/{name}")
 
-    def read_run_file(self, record: RunRecord, rel: str) -> bytes | None:
-        connect()
-        with modal_errors():
-            return self._read(record.outputs, f"{record.run_id}/{rel}")
 
-    def list_run_dir(self, record: RunRecord, rel: str = "") -> list[RunEntry] | None:
-        connect()
-        with modal_errors():
-            try:
-                entries = self._volume(record.outputs).listdir(
-                    f"{record.run_id}/{rel}".rstrip("/"))
-            except MISSING:
-                return None
-        return sorted((RunEntry(Path(e.path).name, e.type == FileEntryType.DIRECTORY, e.size)
-                       for e in entries), key=lambda e: e.name)
 
-    def stored_logs(self, record: RunRecord) -> Iterator[LogLine]:
-        connect()
-        with modal_errors():
-            volume = self._volume(record.outputs)
-            try:
-                entries = volume.listdir(f"{META_DIR}/{record.run_id}/logs")
-            except MISSING:
-                return
-            # a cluster's other nodes log beside rank 0, each in logs/node<rank>/
-            nodes = [e.path for e in entries if e.type == FileEntryType.DIRECTORY
-                     and Path(e.path).name.removeprefix("node").isdigit()]
-            logs = [self._attempt_logs(volume, entries)]
-            logs += [self._attempt_logs(volume, volume.listdir(node)) for node in nodes]
-            yield from (merged(logs) if nodes else logs[0])
 
-    @staticmethod
-    def _attempt_logs(volume: modal.Volume, entries: list[Any]) -> list[LogLine]:
-        attempts = sorted((int(num), e.path) for e in entries
-                          if (num := Path(e.path).stem.removeprefix("attempt_")).isdigit())
-        lines: list[LogLine] = []
-        for n, path in attempts:
-            text = b"".join(volume.read_file(path)).decode("utf-8", "replace")
-            lines += parse_attempt_log(text, n)
-        return lines
 
     def live_logs(self, record: RunRecord,
                   seen: Mapping[int, int] | None = None) -> Iterator[LogLine]:
@@ -505,31 +449,11 @@ class ModalBackend:
                     found.append(record)
         return found
 
-    def file_stream(self, record: RunRecord,
-                    keep: Callable[[RemoteFile], bool]) -> tuple[AsyncIterator[RemoteFile],
-                                                                 ModalSource]:
-        """The run's files as the listing arrives (run on the source's loop), so the first
-        downloads start before the listing ends, as `modal volume get` does."""
-        connect()
-        source = ModalSource(self._volume(record.outputs))
-        roots = ((record.run_id, ""), (f"{META_DIR}/{record.run_id}", "_prm/"))
-        return source.listing(roots, keep), source
 
-    def files(self, record: RunRecord) -> tuple[list[RemoteFile], Source]:
-        connect()
-        volume = self._volume(record.outputs)
-        items = []
-        with modal_errors():
-            for root, prefix in ((record.run_id, ""), (f"{META_DIR}/{record.run_id}", "_prm/")):
-                try:  # one call for the whole listing, not a round trip per entry
-                    entries = volume.listdir(root, recursive=True)
-                except MISSING:
-                    continue
-                for e in entries:
-                    if e.type == FileEntryType.FILE:
-                        rel = e.path.lstrip("/").removeprefix(root).lstrip("/")
-                        items.append(RemoteFile(e.path, prefix + rel, e.size, float(e.mtime)))
-        return items, ModalSource(volume)
+
+
+
+
 
 
 _ATTEMPT = re.compile(r": attempt (\d+)$")

@@ -310,6 +310,7 @@ def show(
     from primerl_modal.backends import get_backend
     from primerl_modal.commands.ls import refresh_all
     from primerl_modal.run_index import open_index
+    from primerl_modal.run_reads import swept_values, trends
     from primerl_modal.ui import console
     from primerl_modal.ui.runs import run_columns
     from primerl_modal.ui.table import emit
@@ -323,8 +324,9 @@ def show(
         console.err().print(
             f"sweep {sweep.sweep_id} ({sweep.name}): {_trials(len(trials))}, ranked by "
             f"{sweep.metric} ({sweep.goal}); at most {sweep.max_parallel} at once")
+    trend = trend_column(trends(index, ranked, sweep.metric))
     first, *rest = run_columns()
-    emit(ranked, [first, *value_columns(values), *rest], json_out=json_out,
+    emit(ranked, [first, *value_columns(values), trend, *rest], json_out=json_out,
          empty="the sweep has no trials")
     if not json_out:
         from primerl_modal.ui.runs import cost_usd
@@ -339,18 +341,6 @@ def show(
                 console.err().print(f"billed: {billed}", highlight=False)
 
 
-def swept_values(sweep_json: bytes | None) -> dict[str, dict[str, Any]]:
-    """Run id -> the values its trial swept, from the sweep's sweep.json (written at launch);
-    nothing when it is missing or unreadable."""
-    from primerl_modal.runner.state import json_object
-
-    trials = (json_object(sweep_json) or {}).get("trials")
-    if not isinstance(trials, list):
-        return {}
-    return {t["run_id"]: t["overrides"] for t in trials
-            if isinstance(t, dict) and isinstance(t.get("run_id"), str)
-            and isinstance(t.get("overrides"), dict)}
-
 
 def value_columns(values: dict[str, dict[str, Any]]) -> list[Any]:
     """A column per swept key, in the sweep file's order, keyed by it in --json."""
@@ -361,6 +351,16 @@ def value_columns(values: dict[str, dict[str, Any]]) -> list[Any]:
 
     keys = dict.fromkeys(k for overrides in values.values() for k in overrides)
     return [Column(k, k, of(k), value_text) for k in keys]
+
+
+def trend_column(trends: dict[str, list[float]]) -> Any:
+    """Each trial's metric over its steps: a sparkline, and in --json the sampled values
+    (empty before its first step)."""
+    from primerl_modal.core.metrics import sparkline
+    from primerl_modal.ui.table import Column
+
+    return Column("trend", "trend", lambda r: trends.get(r.run_id, []),
+                  lambda v: sparkline(v) or "-")
 
 
 def rank(trials: list[Any], goal: str) -> list[Any]:

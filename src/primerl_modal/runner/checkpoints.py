@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from primerl_modal.core.cleanup import DCP_METADATA
+
 _STEP_DIR = re.compile(r"step_(\d+)")
-DCP_METADATA = ".metadata"
 
 
 def checkpoint_steps(run_dir: Path) -> dict[int, Path]:
