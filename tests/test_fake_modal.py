@@ -25,7 +25,7 @@ from fake_modal.fixture import (  # noqa: F401 - pytest fixtures
     fake_modal,
 )
 
-from primerl_modal.backends.modal_backend import ModalSource
+from primerl_modal.backends.modal_files import ModalSource
 from primerl_modal.core.selection import RemoteFile
 
 BLOCK = 8 * 1024 * 1024  # a volume block
