@@ -44,7 +44,7 @@ _END = re.compile(r"end-(\d+)\.json")
 # How long a node waits for rank 0's sub-configs: rank 0 imports prime-rl from a cold image
 # first (PRM_CLUSTER_TIMEOUT overrides).
 READY_TIMEOUT_S = 1800.0
-PEERS_WAIT_S = 10.0  # rank 0, after a final end: for the others to record theirs
+PEERS_WAIT_S = 30.0  # rank 0, after a final end: for the others to stop and record theirs
 
 
 @dataclass
