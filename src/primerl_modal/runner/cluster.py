@@ -30,15 +30,16 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from primerl_modal.core import status as st
 from primerl_modal.core.cluster import rank_processes
 from primerl_modal.core.plan import META_DIR
-from primerl_modal.runner.core import PeerEnd, Runner, RunnerOptions, dies_with_this_process, run
+from primerl_modal.runner.core import PeerEnd, Runner, RunnerOptions, run
 from primerl_modal.runner.forward import Sink, pump_pipe
 from primerl_modal.runner.state import RunState, json_object, write_json_atomic
 
+T = TypeVar("T")
 READY = "ready.json"
 _END = re.compile(r"end-(\d+)\.json")
 # How long a node waits for rank 0's sub-configs: rank 0 imports prime-rl from a cold image
@@ -122,15 +123,14 @@ class Node:
         """The other nodes whose own processes failed too (waiting a few polls for their
         announcements): the nodes of a cluster fail together, a lost peer breaking the
         collectives, and which went first is not knowable from here."""
-        deadline = time.monotonic() + min(max(3 * self.poll_s, 3.0), 6.0)
-        while True:
-            failed = [PeerEnd(rank, str(data["status"]), str(data.get("note", "")))
-                      for rank, data in sorted(self._ends().items())
-                      if rank != self.rank and data.get("status") in (st.FAILED, st.RECOVERING)
-                      and not (data.get("preempted") or data.get("caused_by_peer"))]
-            if failed or time.monotonic() > deadline:
-                return failed
-            time.sleep(min(self.poll_s, 0.5))
+        def failed() -> list[PeerEnd] | None:
+            return [PeerEnd(rank, str(data["status"]), str(data.get("note", "")))
+                    for rank, data in sorted(self._ends().items())
+                    if rank != self.rank and data.get("status") in (st.FAILED, st.RECOVERING)
+                    and not (data.get("preempted") or data.get("caused_by_peer"))] or None
+
+        wait = min(max(3 * self.poll_s, 3.0), 6.0)
+        return _poll(failed, wait, min(self.poll_s, 0.5)) or []
 
     # ------------------------------------------------------------ the meeting
 
@@ -145,19 +145,20 @@ class Node:
 
     def wait_ready(self, timeout_s: float, say: Callable[[str], None]) -> dict[str, Any] | None:
         """Rank 0's ready.json (None if the cluster ended first, or on timeout: announced)."""
-        deadline = time.monotonic() + timeout_s
-        say(f"node{self.rank}: waiting for node0's prime-rl sub-configs")
-        while time.monotonic() < deadline:
+
+        def ready_or_ended() -> dict[str, Any] | PeerEnd | None:
             ready = json_object(self.shared.read(f"{self.dir}/{READY}"))
-            if ready is not None:
-                self.attempt = int(ready.get("attempt") or 0) or None
-                self.nccl = bool(ready.get("nccl_broadcast"))
-                return ready
-            peer = self.peer_end()
-            if peer is not None:
-                say(f"node{self.rank}: node{peer.rank} ended first ({peer.status}: {peer.note})")
-                return None
-            time.sleep(min(self.poll_s, 1.0))
+            return ready if ready is not None else self.peer_end()
+
+        say(f"node{self.rank}: waiting for node0's prime-rl sub-configs")
+        found = _poll(ready_or_ended, timeout_s, min(self.poll_s, 1.0))
+        if isinstance(found, PeerEnd):
+            say(f"node{self.rank}: node{found.rank} ended first ({found.status}: {found.note})")
+            return None
+        if found is not None:
+            self.attempt = int(found.get("attempt") or 0) or None
+            self.nccl = bool(found.get("nccl_broadcast"))
+            return found
         note = f"node0 did not publish its sub-configs within {timeout_s:g}s"
         say(f"node{self.rank}: {note}")
         self.shared.publish(f"{self.dir}/end-{self.rank}.json",
@@ -181,18 +182,11 @@ class Node:
             "at": time.time()})
 
     def wait_peers(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and len(self._ends()) < len(self.hosts):
-            time.sleep(0.5)
+        _poll(lambda: len(self._ends()) >= len(self.hosts) or None, timeout_s, 0.5)
 
     def _dry_run(self, runner: Runner, argv: list[str], sink: Sink) -> int:
         """prime-rl's `rl --dry-run`: the sub-configs every node reads, in the run dir."""
-        import subprocess
-
-        proc = subprocess.Popen(
-            dies_with_this_process(argv), cwd=runner.workdir(), env=runner.launch_env(),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True)
+        proc = runner.start(argv)
         runner.proc = proc  # a stop or preemption meanwhile reaches it
         assert proc.stdout is not None
         reader = pump_pipe(proc.stdout.fileno(), sink)
@@ -201,6 +195,17 @@ class Node:
         if runner.signal is not None:
             return 128 + runner.signal
         return 128 - code if code < 0 else code
+
+
+def _poll(probe: Callable[[], T], timeout_s: float, every: float) -> T:
+    """``probe()`` every ``every`` seconds until it answers (anything but None), for at most
+    ``timeout_s``; its last answer (None if it never answered)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = probe()
+        if answer is not None or time.monotonic() >= deadline:
+            return answer
+        time.sleep(every)
 
 
 def _nccl_broadcast(orchestrator_toml: Path) -> bool:
@@ -241,7 +246,7 @@ def run_node(plan: dict[str, Any], commit: Callable[[], None], options: RunnerOp
     try:
         return run(node_plan(plan, node.rank), commit, options)
     finally:
-        node.announce(RunState.load(state_dir, plan["run_id"]),
-                      caused_by_peer=node.ended_by is not None)
-        if node.rank == 0 and RunState.load(state_dir, plan["run_id"]).status in st.FINAL:
+        state = RunState.load(state_dir, plan["run_id"])
+        node.announce(state, caused_by_peer=node.ended_by is not None)
+        if node.rank == 0 and state.status in st.FINAL:
             node.wait_peers(PEERS_WAIT_S)

@@ -162,6 +162,14 @@ class Runner:
     def launch_env(self) -> dict[str, str]:
         return {**os.environ, **self.plan.get("env", {}), "PRM_RUN_ID": self.run_id}
 
+    def start(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        """``argv`` in the checkout with the run's environment, in a process group of its
+        own (a stop reaches all it starts), dying with this runner, its output in a pipe."""
+        return subprocess.Popen(
+            dies_with_this_process(argv), cwd=self.workdir(), env=self.launch_env(),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.signal is None:
             self.signal, self.signal_at = signum, time.monotonic()
@@ -252,11 +260,7 @@ class Runner:
                 return launched
             argv = launched
         try:
-            self.proc = subprocess.Popen(
-                dies_with_this_process(argv), cwd=self.workdir(), env=self.launch_env(),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            self.proc = self.start(argv)
         except OSError as e:
             sink.emit("runner", [f"cannot start the launcher {argv[0]!r}: {e}"])
             return 127
